@@ -1,0 +1,266 @@
+package main_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+var echoBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "echo-bin-")
+	if err != nil {
+		panic(err)
+	}
+	echoBin = filepath.Join(dir, "echo")
+	build := exec.Command("go", "build", "-o", echoBin, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build echo:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+type process struct {
+	cmd     *exec.Cmd
+	port    int
+	mport   int
+	out     *bytes.Buffer
+	exited  chan struct{}
+	exitErr error
+}
+
+func startEcho(t *testing.T, env ...string) *process {
+	t.Helper()
+	p := &process{port: freePort(t), mport: freePort(t), out: &bytes.Buffer{}, exited: make(chan struct{})}
+	p.cmd = exec.Command(echoBin, "--bind-address=127.0.0.1")
+	p.cmd.Env = append(os.Environ(), append([]string{
+		"PORT=" + strconv.Itoa(p.port), "METRICS_PORT=" + strconv.Itoa(p.mport),
+	}, env...)...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.exitErr = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		if t.Failed() {
+			t.Logf("echo output:\n%s", p.out)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", p.port))
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return p
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("echo never became ready: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// closeRecord is what a client saw when its connection ended.
+type closeRecord struct {
+	code int
+	at   time.Time
+}
+
+// connectClients opens n clients and returns a channel that yields how each one ended.
+func connectClients(t *testing.T, port, n int) <-chan closeRecord {
+	t.Helper()
+	out := make(chan closeRecord, n)
+	for i := 0; i < n; i++ {
+		c, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://127.0.0.1:%d/ws", port), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			defer c.Close()
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					var ce *websocket.CloseError
+					code := -1
+					if errors.As(err, &ce) {
+						code = ce.Code
+					}
+					out <- closeRecord{code: code, at: time.Now()}
+					return
+				}
+			}
+		}()
+	}
+	return out
+}
+
+// expectGracefulDrain checks that every client got 1001, that the closes were spread out rather than
+// sent at once, that readiness failed during the drain, and that the process exited 0.
+func expectGracefulDrain(t *testing.T, p *process, closes <-chan closeRecord, n int, spread time.Duration) {
+	t.Helper()
+	var first, last time.Time
+	readinessChecked := false
+	for i := 0; i < n; i++ {
+		select {
+		case r := <-closes:
+			if r.code != websocket.CloseGoingAway {
+				t.Errorf("client got close code %d, want 1001", r.code)
+			}
+			if first.IsZero() {
+				first = r.at
+				// Readiness fails while the drain is in progress.
+				resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", p.port))
+				if err == nil {
+					_ = resp.Body.Close()
+					readinessChecked = true
+					if resp.StatusCode != http.StatusServiceUnavailable {
+						t.Errorf("/health during the drain = %d, want 503", resp.StatusCode)
+					}
+				}
+			}
+			last = r.at
+		case <-time.After(30 * time.Second):
+			t.Fatalf("only %d of %d clients were closed", i, n)
+		}
+	}
+	if !readinessChecked {
+		t.Error("could not check readiness during the drain")
+	}
+	// The closes are scheduled evenly over the spread; a stalled machine can only delay them, so a
+	// quarter of the spread is a safe lower bound for "not all at once".
+	if got := last.Sub(first); got < spread/4 {
+		t.Errorf("closes spanned %v, want them spread over about %v", got, spread)
+	}
+	select {
+	case <-p.exited:
+		if p.exitErr != nil {
+			t.Errorf("echo exited with %v, want status 0", p.exitErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("echo did not exit after the drain")
+	}
+}
+
+func TestDrainOnSIGTERM(t *testing.T) {
+	const clients = 20
+	p := startEcho(t, "DRAIN_TIMEOUT=2s")
+	closes := connectClients(t, p.port, clients)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// 2s window less the close grace (at most a fifth of the window).
+	expectGracefulDrain(t, p, closes, clients, 1600*time.Millisecond)
+}
+
+func TestDrainOnAnnotation(t *testing.T) {
+	const clients = 20
+	dir := t.TempDir()
+	writeVolume(t, dir, "app=\"echo\"\n")
+	p := startEcho(t, "DRAIN_TIMEOUT=2s", "DRAIN_ANNOTATIONS_FILE="+filepath.Join(dir, "annotations"))
+	closes := connectClients(t, p.port, clients)
+	writeVolume(t, dir, "app=\"echo\"\nwsscale.io/drain=\"true\"\n")
+	expectGracefulDrain(t, p, closes, clients, 1600*time.Millisecond)
+}
+
+// writeVolume updates a downward-API volume the way the kubelet does (atomic ..data symlink swap).
+func writeVolume(t *testing.T, dir, content string) {
+	t.Helper()
+	ts, err := os.MkdirTemp(dir, "..ts_")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ts, "annotations"), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(dir, "..data_tmp")
+	if err := os.Symlink(filepath.Base(ts), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "annotations")
+	if _, err := os.Lstat(link); os.IsNotExist(err) {
+		if err := os.Symlink("..data/annotations", link); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestInvalidConfigurationFailsAtStart(t *testing.T) {
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want []string // every one must appear in the error output
+	}{
+		{name: "every bad variable is named at once",
+			env:  []string{"PORT=abc", "MAX_CONNECTIONS=0", "PING_INTERVAL=-5", "DRAIN_TIMEOUT=soon", "MAX_MESSAGE_BYTES=1k"},
+			want: []string{`PORT="abc"`, "MAX_CONNECTIONS", "PING_INTERVAL", `DRAIN_TIMEOUT="soon"`, `MAX_MESSAGE_BYTES="1k"`}},
+		{name: "port out of range", env: []string{"PORT=70000"}, want: []string{"PORT (--port)", "70000"}},
+		{name: "same port twice", env: []string{"PORT=8181", "METRICS_PORT=8181"}, want: []string{"PORT and METRICS_PORT must differ"}},
+		{name: "bad origin", env: []string{"ALLOWED_ORIGINS=example.com"}, want: []string{"ALLOWED_ORIGINS", "example.com"}},
+		{name: "negative drain timeout", env: []string{"DRAIN_TIMEOUT=-1s"}, want: []string{"DRAIN_TIMEOUT", "negative"}},
+		{name: "bad flag value", args: []string{"--max-connections=lots"}, want: []string{"max-connections"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cmd := exec.Command(echoBin, tt.args...)
+			cmd.Env = append(os.Environ(), tt.env...)
+			out, err := cmd.CombinedOutput()
+			var exitErr *exec.ExitError
+			if !errors.As(err, &exitErr) || exitErr.ExitCode() == 0 {
+				t.Fatalf("echo started with a bad configuration (err %v):\n%s", err, out)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("output does not mention %q:\n%s", w, out)
+				}
+			}
+		})
+	}
+}
+
+func TestLoadClientAgainstServer(t *testing.T) {
+	p := startEcho(t, "MAX_CONNECTIONS=50")
+	out, err := exec.Command(echoBin, "load", "--url", fmt.Sprintf("ws://127.0.0.1:%d/ws", p.port),
+		"-c", "60", "--rate", "0", "--message-interval", "20ms", "-d", "1s", "-q", "-o", "json").CombinedOutput()
+	if err != nil {
+		t.Fatalf("load: %v\n%s", err, out)
+	}
+	for _, want := range []string{`"opened": 50`, `"http_503": 10`, `"abnormalDrops": 0`, `"closedByClient": 50`} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("load summary lacks %s:\n%s", want, out)
+		}
+	}
+}

@@ -1,0 +1,267 @@
+package wsecho
+
+import (
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+	"k8s.io/utils/clock"
+)
+
+// maxLingerBytes bounds what the server still reads (and discards) from a peer after it has sent a
+// close frame, so that the kernel does not answer unread data with a reset that would destroy the
+// close frame before the peer reads it.
+const maxLingerBytes = 1 << 20
+
+// conn is one WebSocket connection. Its reader goroutine (serve) is the only one that reads and the
+// only one that writes data messages; pings and close frames are control frames that gorilla allows
+// from other goroutines. No goroutine exists for it between messages other than the reader, and no
+// buffer is held while it is idle other than the read buffer: write buffers are pooled.
+type conn struct {
+	srv     *Server
+	ws      *websocket.Conn
+	started time.Time
+
+	mu       sync.Mutex
+	closing  bool        // a close frame was sent, or the connection is being cut
+	reason   string      // why the server ended it, if it did
+	pingTime clock.Timer // next keep-alive ping
+}
+
+func newConn(s *Server, ws *websocket.Conn) *conn {
+	return &conn{srv: s, ws: ws, started: s.clock.Now()}
+}
+
+// goingAwayCloser is what a drain needs of a connection.
+type goingAwayCloser interface {
+	closeGoingAway()
+}
+
+var _ goingAwayCloser = (*conn)(nil)
+
+func (c *conn) serve() {
+	cfg := &c.srv.cfg
+	defer c.finish()
+	c.ws.SetReadLimit(cfg.MaxMessageBytes)
+	c.extendReadDeadline()
+	c.ws.SetPongHandler(func(string) error {
+		c.extendReadDeadline()
+		return nil
+	})
+	c.mu.Lock()
+	if !c.closing {
+		// The first ping comes after a random part of the interval so that connections opened
+		// together do not ping in lockstep.
+		first := cfg.PingInterval/2 + rand.N(cfg.PingInterval/2+1)
+		c.pingTime = c.srv.clock.AfterFunc(first, c.ping)
+	}
+	c.mu.Unlock()
+
+	for {
+		kind, r, err := c.ws.NextReader()
+		if err != nil {
+			c.readFailed(err)
+			return
+		}
+		bufp := c.srv.message()
+		msg, err := readMessage(r, (*bufp)[:0])
+		if err != nil {
+			c.srv.bufs.Put(bufp)
+			c.readFailed(err)
+			return
+		}
+		*bufp = msg
+		c.srv.metrics.messagesIn.Inc()
+		if kind == websocket.TextMessage && !utf8.Valid(msg) {
+			c.srv.bufs.Put(bufp)
+			c.fail(ReasonInvalidUTF8, websocket.FormatCloseMessage(websocket.CloseInvalidFramePayloadData, "text message is not valid UTF-8"))
+			return
+		}
+		c.extendReadDeadline()
+		_ = c.ws.SetWriteDeadline(c.srv.clock.Now().Add(cfg.WriteTimeout))
+		err = c.ws.WriteMessage(kind, msg)
+		c.srv.bufs.Put(bufp)
+		if err != nil {
+			c.writeFailed(err)
+			return
+		}
+		c.srv.metrics.messagesOut.Inc()
+	}
+}
+
+// message returns a pooled buffer for one message.
+func (s *Server) message() *[]byte {
+	if b, ok := s.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, 4096)
+	return &b
+}
+
+// readMessage appends the whole message to buf. The read limit set on the connection bounds it.
+func readMessage(r io.Reader, buf []byte) ([]byte, error) {
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
+}
+
+func (c *conn) extendReadDeadline() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return
+	}
+	_ = c.ws.SetReadDeadline(c.srv.clock.Now().Add(c.srv.cfg.ReadTimeout))
+}
+
+func (c *conn) ping() {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.mu.Unlock()
+	err := c.ws.WriteControl(websocket.PingMessage, nil, c.srv.clock.Now().Add(c.srv.cfg.WriteTimeout))
+	if err != nil {
+		c.writeFailed(err)
+		return
+	}
+	c.mu.Lock()
+	if !c.closing {
+		c.pingTime.Reset(c.srv.cfg.PingInterval)
+	}
+	c.mu.Unlock()
+}
+
+// readFailed ends the connection after NextReader or a message read returned err.
+func (c *conn) readFailed(err error) {
+	c.mu.Lock()
+	weClosed := c.closing
+	c.mu.Unlock()
+	var closeErr *websocket.CloseError
+	switch {
+	case errors.As(err, &closeErr) && closeErr.Code != websocket.CloseAbnormalClosure:
+		// The peer closed (or answered our close); gorilla has replied with a close frame.
+	case weClosed:
+		// We sent a close frame or cut the connection; the reason is already recorded.
+	case errors.Is(err, websocket.ErrReadLimit):
+		// gorilla has sent 1009.
+		c.fail(ReasonMessageTooBig, nil)
+	case isTimeout(err):
+		c.fail(ReasonReadTimeout, websocket.FormatCloseMessage(websocket.CloseGoingAway, "read timeout"))
+	case closeErr != nil || isPeerGone(err):
+		// gorilla reports a connection lost without a close frame as 1006.
+		c.fail(ReasonAbnormalClosure, nil)
+	default:
+		// gorilla has sent 1002 with the violation as the reason.
+		c.fail(ReasonProtocolError, nil)
+	}
+}
+
+// writeFailed ends the connection after a data or ping write returned err.
+func (c *conn) writeFailed(err error) {
+	c.mu.Lock()
+	weClosed := c.closing
+	c.mu.Unlock()
+	switch {
+	case weClosed || errors.Is(err, websocket.ErrCloseSent):
+	case isTimeout(err):
+		c.fail(ReasonWriteTimeout, nil)
+		// A reader blocked on this connection must not wait out its own deadline.
+		c.closeNow()
+	default:
+		c.fail(ReasonAbnormalClosure, nil)
+		c.closeNow()
+	}
+}
+
+// fail records why the server ends the connection and, if closeMsg is set, sends it as a close frame.
+func (c *conn) fail(reason string, closeMsg []byte) {
+	c.mu.Lock()
+	first := c.reason == ""
+	if first {
+		c.reason = reason
+	}
+	c.closing = true
+	c.mu.Unlock()
+	if first {
+		c.srv.metrics.errors.WithLabelValues(reason).Inc()
+	}
+	if closeMsg != nil {
+		_ = c.ws.WriteControl(websocket.CloseMessage, closeMsg, c.srv.clock.Now().Add(c.srv.cfg.WriteTimeout))
+	}
+}
+
+// closeGoingAway sends close 1001 and gives the peer CloseGrace to answer before the reader gives up.
+func (c *conn) closeGoingAway() {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return
+	}
+	c.closing = true
+	_ = c.ws.NetConn().SetReadDeadline(c.srv.clock.Now().Add(c.srv.cfg.CloseGrace))
+	c.mu.Unlock()
+	_ = c.ws.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(websocket.CloseGoingAway, "server is draining"),
+		c.srv.clock.Now().Add(c.srv.cfg.WriteTimeout))
+}
+
+// closeNow cuts the TCP connection; the reader returns and finish cleans up.
+func (c *conn) closeNow() {
+	c.mu.Lock()
+	c.closing = true
+	c.mu.Unlock()
+	_ = c.ws.NetConn().Close()
+}
+
+// finish runs once, when the reader returns.
+func (c *conn) finish() {
+	c.mu.Lock()
+	c.closing = true
+	if c.pingTime != nil {
+		c.pingTime.Stop()
+	}
+	c.mu.Unlock()
+	lingerClose(c.ws.NetConn(), c.srv.clock.Now().Add(c.srv.cfg.CloseGrace))
+	c.srv.untrack(c, c.srv.clock.Since(c.started))
+}
+
+// lingerClose closes nc after half-closing it and discarding what the peer still sends, up to a
+// limit and a deadline, so that a close frame already written reaches the peer instead of being
+// destroyed by a reset (the kernel resets a socket closed with unread data).
+func lingerClose(nc net.Conn, deadline time.Time) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		if err := tc.CloseWrite(); err == nil {
+			_ = tc.SetReadDeadline(deadline)
+			_, _ = io.CopyN(io.Discard, tc, maxLingerBytes)
+		}
+	}
+	_ = nc.Close()
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func isPeerGone(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
+}

@@ -1,0 +1,295 @@
+// Package wsecho is the reference WebSocket server: it echoes every message, enforces connection and
+// message limits, exposes the metrics that wsscale scales on, and drains gracefully so that a
+// scale-down never cuts clients without a close frame.
+package wsecho
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+)
+
+// Config is everything the server needs to run. Build it with the echo command's options, which
+// apply defaults and validate it; the zero value is not usable.
+type Config struct {
+	// MaxConnections is the number of concurrently open WebSocket connections; upgrades beyond it get
+	// 503 with Retry-After.
+	MaxConnections int
+	// MaxMessageBytes limits one message; a larger one closes the connection with 1009.
+	MaxMessageBytes int64
+	// PingInterval is how often the server pings each client.
+	PingInterval time.Duration
+	// ReadTimeout is how long a connection may stay silent (no message, no pong) before it is
+	// treated as half-open and dropped. It must exceed PingInterval.
+	ReadTimeout time.Duration
+	// WriteTimeout bounds every write; a client that does not read for this long is disconnected.
+	WriteTimeout time.Duration
+	// HandshakeTimeout bounds reading the upgrade request's headers.
+	HandshakeTimeout time.Duration
+	// DrainTimeout is the window over which connections are closed (1001) when the server drains.
+	DrainTimeout time.Duration
+	// CloseGrace is how long the server waits for a client's close frame after sending its own.
+	CloseGrace time.Duration
+	// RetryAfter is the Retry-After value sent with 503 responses.
+	RetryAfter time.Duration
+	// Origins decides which browser origins may connect.
+	Origins OriginPolicy
+}
+
+// Server is the reference WebSocket echo server. Create it with New.
+type Server struct {
+	cfg      Config
+	clock    clock.WithDelayedExecution
+	metrics  *metrics
+	registry *prometheus.Registry
+	upgrader websocket.Upgrader
+	bufs     sync.Pool // *[]byte holding one message
+
+	// slots counts connections open or being upgraded; it is what MaxConnections limits.
+	slots atomic.Int64
+
+	mu        sync.Mutex
+	conns     map[*conn]struct{}
+	draining  bool
+	drainOnce sync.Once
+	idle      chan struct{} // closed once draining and no connection is left
+	drained   chan struct{} // closed when the drain has finished
+}
+
+// New returns a server for cfg. It registers its metrics, together with the Go runtime and process
+// collectors, on a registry of its own that MetricsHandler serves.
+func New(cfg Config, clk clock.WithDelayedExecution) *Server {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	s := &Server{
+		cfg:      cfg,
+		clock:    clk,
+		metrics:  newMetrics(reg, cfg.MaxConnections),
+		registry: reg,
+		conns:    make(map[*conn]struct{}),
+		idle:     make(chan struct{}),
+		drained:  make(chan struct{}),
+	}
+	s.upgrader = websocket.Upgrader{
+		HandshakeTimeout: cfg.HandshakeTimeout,
+		// ReadBufferSize 0 reuses the 4 KiB reader that net/http already allocated for the request.
+		// Write buffers come from a pool: an idle connection holds none.
+		WriteBufferSize: 4096,
+		WriteBufferPool: &sync.Pool{},
+		CheckOrigin:     cfg.Origins.Allowed,
+		Error:           s.upgradeFailed,
+	}
+	return s
+}
+
+// Handler serves /ws (the echo endpoint), /health (readiness: fails while draining) and /livez.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ws", s.serveWS)
+	mux.HandleFunc("/health", s.serveReadiness)
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// MetricsHandler serves the Prometheus exposition of the server's metrics.
+func (s *Server) MetricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{Registry: s.registry})
+}
+
+// Registry is the registry holding the server's metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
+// Active returns the number of open WebSocket connections.
+func (s *Server) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// Draining reports whether the server has started to drain.
+func (s *Server) Draining() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.draining
+}
+
+// Drained is closed once a drain has closed every connection.
+func (s *Server) Drained() <-chan struct{} { return s.drained }
+
+func (s *Server) serveReadiness(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if s.Draining() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte("draining\n"))
+		return
+	}
+	_, _ = w.Write([]byte("ok\n"))
+}
+
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if s.Draining() {
+		s.refuse(w, ReasonDraining, "server is draining")
+		return
+	}
+	if s.slots.Add(1) > int64(s.cfg.MaxConnections) {
+		s.slots.Add(-1)
+		s.refuse(w, ReasonOverCapacity, "connection limit reached")
+		return
+	}
+	ws, err := s.upgrader.Upgrade(w, r, nil)
+	if err != nil {
+		// upgradeFailed has answered and counted it.
+		s.slots.Add(-1)
+		return
+	}
+	c := newConn(s, ws)
+	if !s.track(c) {
+		// The drain started during the handshake: this client gets its close frame at once.
+		go c.closeGoingAway()
+	}
+	go c.serve()
+}
+
+func (s *Server) refuse(w http.ResponseWriter, reason, msg string) {
+	s.metrics.errors.WithLabelValues(reason).Inc()
+	w.Header().Set("Retry-After", strconv.Itoa(int((s.cfg.RetryAfter+time.Second-1)/time.Second)))
+	http.Error(w, msg, http.StatusServiceUnavailable)
+}
+
+func (s *Server) upgradeFailed(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+	if status == http.StatusForbidden {
+		s.metrics.errors.WithLabelValues(ReasonOriginRejected).Inc()
+	} else {
+		s.metrics.errors.WithLabelValues(ReasonHandshake).Inc()
+	}
+	http.Error(w, reason.Error(), status)
+}
+
+// track registers an upgraded connection. It reports false if the server is draining.
+func (s *Server) track(c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.conns[c] = struct{}{}
+	s.metrics.active.Inc()
+	s.metrics.total.Inc()
+	return !s.draining
+}
+
+// untrack removes a finished connection and releases its slot.
+func (s *Server) untrack(c *conn, lifetime time.Duration) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	if s.draining && len(s.conns) == 0 {
+		closeOnce(s.idle)
+	}
+	s.mu.Unlock()
+	s.metrics.active.Dec()
+	s.metrics.duration.Observe(lifetime.Seconds())
+	s.slots.Add(-1)
+}
+
+func closeOnce(ch chan struct{}) {
+	select {
+	case <-ch:
+	default:
+		close(ch)
+	}
+}
+
+// Drain starts a graceful drain, once: readiness fails, new upgrades are refused with 503, and every
+// open connection is closed with 1001 (going away), spread evenly over DrainTimeout so that clients
+// reconnect to other pods gradually instead of all at once. Drained is closed when it is done.
+func (s *Server) Drain() {
+	s.drainOnce.Do(func() {
+		s.mu.Lock()
+		s.draining = true
+		victims := make([]goingAwayCloser, 0, len(s.conns))
+		for c := range s.conns {
+			victims = append(victims, c)
+		}
+		if len(s.conns) == 0 {
+			closeOnce(s.idle)
+		}
+		s.mu.Unlock()
+		s.metrics.draining.Set(1)
+		klog.InfoS("Draining WebSocket connections", "connections", len(victims), "window", s.cfg.DrainTimeout)
+		go func() {
+			d := drainer{clock: s.clock, window: s.cfg.DrainTimeout, closeGrace: s.cfg.CloseGrace}
+			d.run(victims, s.idle, s.closeAll)
+			klog.InfoS("Drain finished", "remaining", s.Active())
+			close(s.drained)
+		}()
+	})
+}
+
+// closeAll cuts every connection still open; the drain calls it when its window has run out, after
+// every connection has been sent its close frame.
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	left := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		left = append(left, c)
+	}
+	s.mu.Unlock()
+	for _, c := range left {
+		c.closeNow()
+	}
+}
+
+// Serve runs the WebSocket and metrics endpoints on the given listeners until the server has drained.
+// A drain starts when ctx is cancelled (SIGTERM) or when Drain is called (drain annotation). Serve
+// returns nil after a completed drain, or the first error of a listener.
+func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.Listener) error {
+	main := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: s.cfg.HandshakeTimeout,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", s.MetricsHandler())
+	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+
+	errc := make(chan error, 2)
+	go func() { errc <- fmt.Errorf("websocket listener: %w", main.Serve(wsListener)) }()
+	go func() { errc <- fmt.Errorf("metrics listener: %w", metricsSrv.Serve(metricsListener)) }()
+	klog.InfoS("Serving", "websocket", wsListener.Addr().String(), "metrics", metricsListener.Addr().String(),
+		"maxConnections", s.cfg.MaxConnections)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		s.Drain()
+	case <-s.drained:
+	case serveErr = <-errc:
+		s.Drain()
+	}
+	<-s.drained
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := main.Shutdown(shutdownCtx); err != nil && serveErr == nil {
+		serveErr = fmt.Errorf("shut down websocket listener: %w", err)
+	}
+	if err := metricsSrv.Shutdown(shutdownCtx); err != nil && serveErr == nil {
+		serveErr = fmt.Errorf("shut down metrics listener: %w", err)
+	}
+	if errors.Is(serveErr, http.ErrServerClosed) {
+		serveErr = nil
+	}
+	return serveErr
+}
