@@ -1,7 +1,9 @@
 package wsecho
 
 import (
+	"bufio"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -21,11 +23,18 @@ const maxLingerBytes = 1 << 20
 
 // conn is one WebSocket connection. Its reader goroutine (serve) is the only one that reads and the
 // only one that writes data messages; pings and close frames are control frames that gorilla allows
-// from other goroutines. No goroutine exists for it between messages other than the reader, and no
-// buffer is held while it is idle other than the read buffer: write buffers are pooled.
+// from other goroutines.
+//
+// Idle connections are what this server holds most of, so an idle one costs as little as possible:
+// between messages its reader waits for readability in a shallow call (not inside gorilla's frame
+// reader), so that the garbage collector can shrink its stack to the minimum; pong frames, the only
+// traffic of an idle connection, are consumed there without entering gorilla; the read buffer is
+// small and write buffers are pooled.
 type conn struct {
 	srv     *Server
 	ws      *websocket.Conn
+	br      *bufio.Reader   // gorilla's read buffer
+	raw     syscall.RawConn // to wait for readability without reading
 	started time.Time
 
 	mu       sync.Mutex
@@ -34,8 +43,16 @@ type conn struct {
 	pingTime clock.Timer // next keep-alive ping
 }
 
-func newConn(s *Server, ws *websocket.Conn) *conn {
-	return &conn{srv: s, ws: ws, started: s.clock.Now()}
+func newConn(s *Server, ws *websocket.Conn, br *bufio.Reader) (*conn, error) {
+	sc, ok := ws.NetConn().(syscall.Conn)
+	if !ok || br == nil {
+		return nil, fmt.Errorf("connection %s: not a socket", ws.RemoteAddr())
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("connection %s: %w", ws.RemoteAddr(), err)
+	}
+	return &conn{srv: s, ws: ws, br: br, raw: raw, started: s.clock.Now()}, nil
 }
 
 // goingAwayCloser is what a drain needs of a connection.
@@ -64,6 +81,16 @@ func (c *conn) serve() {
 	c.mu.Unlock()
 
 	for {
+		if err := c.awaitMessage(); err != nil {
+			c.readFailed(err)
+			return
+		}
+		if empty, err := c.skipPongs(); err != nil {
+			c.readFailed(err)
+			return
+		} else if empty {
+			continue
+		}
 		kind, r, err := c.ws.NextReader()
 		if err != nil {
 			c.readFailed(err)
@@ -93,6 +120,46 @@ func (c *conn) serve() {
 		}
 		c.srv.metrics.messagesOut.Inc()
 	}
+}
+
+// awaitMessage returns once the connection has something to read (or failed, or the read deadline
+// passed), without reading it. It is called only between messages, where gorilla's reader holds no
+// state but the read buffer.
+func (c *conn) awaitMessage() error {
+	if c.br.Buffered() > 0 {
+		return nil
+	}
+	var peek [1]byte
+	err := c.raw.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		// EAGAIN: nothing yet, wait for readability. Anything else (data, EOF, an error) is for
+		// the frame reader to see.
+		return err != syscall.EAGAIN
+	})
+	return err
+}
+
+// skipPongs consumes the complete pong frames at the head of the read buffer, each one extending the
+// read deadline, and reports whether nothing else is buffered. Anything else, including a pong split
+// over two reads, is left to gorilla.
+func (c *conn) skipPongs() (empty bool, err error) {
+	if c.br.Buffered() == 0 {
+		// Data is waiting in the socket: one read moves what is there into the buffer.
+		if _, err := c.br.Peek(1); err != nil {
+			return false, err
+		}
+	}
+	for c.br.Buffered() >= 2 {
+		hdr, _ := c.br.Peek(2)
+		size := 2 + 4 + int(hdr[1]&0x7f) // header, mask key, payload
+		// A final, masked, unextended pong with a payload that fits a control frame.
+		if hdr[0] != 0x80|websocket.PongMessage || hdr[1]&0x80 == 0 || size > 2+4+125 || c.br.Buffered() < size {
+			return false, nil
+		}
+		_, _ = c.br.Discard(size)
+		c.extendReadDeadline()
+	}
+	return c.br.Buffered() == 0, nil
 }
 
 // message returns a pooled buffer for one message.

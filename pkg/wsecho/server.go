@@ -4,6 +4,7 @@
 package wsecho
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -48,6 +49,9 @@ type Config struct {
 	Origins OriginPolicy
 }
 
+// readBufferSize is the per-connection read buffer; frame headers and small messages fit in it.
+const readBufferSize = 512
+
 // Server is the reference WebSocket echo server. Create it with New.
 type Server struct {
 	cfg      Config
@@ -84,8 +88,9 @@ func New(cfg Config, clk clock.WithDelayedExecution) *Server {
 	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: cfg.HandshakeTimeout,
-		// ReadBufferSize 0 reuses the 4 KiB reader that net/http already allocated for the request.
-		// Write buffers come from a pool: an idle connection holds none.
+		// An idle connection should hold as little as possible: the small read buffer that
+		// hijackWriter hands over (ReadBufferSize 0 makes gorilla use it; net/http's 4 KiB one is
+		// released), and no write buffer, since those come from a pool.
 		WriteBufferSize: 4096,
 		WriteBufferPool: &sync.Pool{},
 		CheckOrigin:     cfg.Origins.Allowed,
@@ -151,13 +156,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, ReasonOverCapacity, "connection limit reached")
 		return
 	}
-	ws, err := s.upgrader.Upgrade(w, r, nil)
+	hw := &hijackWriter{ResponseWriter: w}
+	ws, err := s.upgrader.Upgrade(hw, r, nil)
 	if err != nil {
 		// upgradeFailed has answered and counted it.
 		s.slots.Add(-1)
 		return
 	}
-	c := newConn(s, ws)
+	c, err := newConn(s, ws, hw.br)
+	if err != nil {
+		klog.ErrorS(err, "Cannot serve upgraded connection")
+		_ = ws.NetConn().Close()
+		s.slots.Add(-1)
+		return
+	}
 	if !s.track(c) {
 		// The drain started during the handshake: this client gets its close frame at once.
 		go c.closeGoingAway()
@@ -178,6 +190,28 @@ func (s *Server) upgradeFailed(w http.ResponseWriter, _ *http.Request, status in
 		s.metrics.errors.WithLabelValues(ReasonHandshake).Inc()
 	}
 	http.Error(w, reason.Error(), status)
+}
+
+// hijackWriter gives the upgraded connection a small read buffer and remembers it, so that the
+// connection can look at buffered frames between messages.
+type hijackWriter struct {
+	http.ResponseWriter
+	br *bufio.Reader
+}
+
+// Hijack takes over the connection with a readBufferSize reader instead of net/http's 4 KiB one.
+func (h *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if brw.Reader.Buffered() > 0 {
+		// The client sent data before the handshake completed; keep the reader that holds it.
+		h.br = brw.Reader
+		return nc, brw, nil
+	}
+	h.br = bufio.NewReaderSize(nc, readBufferSize)
+	return nc, bufio.NewReadWriter(h.br, brw.Writer), nil
 }
 
 // track registers an upgraded connection. It reports false if the server is draining.

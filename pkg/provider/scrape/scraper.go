@@ -1,0 +1,473 @@
+// Package scrape reads the connection counts of pods from their metrics
+// endpoints: a bounded pool of workers fed by a schedule that spreads every
+// target over the interval, one keep-alive HTTP transport, a timeout and a
+// size limit per scrape, and the zero-allocation exposition parser.
+package scrape
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"hash/maphash"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"k8s.io/klog/v2"
+	"k8s.io/utils/clock"
+
+	"github.com/wsscale/wsscale/pkg/provider/exposition"
+)
+
+// acceptHeader asks for the text format first: it is what client libraries
+// serve by default and the cheaper one to read.
+const acceptHeader = "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.9,*/*;q=0.1"
+
+// Causes of a cancelled scrape.
+var (
+	errScrapeTimeout = errors.New("scrape timed out")
+	errTargetRemoved = errors.New("target removed")
+	errTargetChanged = errors.New("target URL changed")
+	errTooLarge      = errors.New("body too large")
+)
+
+// retainBodyBytes is the largest body buffer a worker keeps for the next
+// scrape; a larger one, grown for an unusual body, is dropped.
+const retainBodyBytes = 256 << 10
+
+// Scraper scrapes a changing set of targets and reports to a Sink.
+type Scraper struct {
+	cfg       Config
+	sink      Sink
+	client    *http.Client
+	header    http.Header
+	selectors []exposition.Selector
+	seed      maphash.Seed
+	// offset places a target in the interval; tests replace it.
+	offset func(PodKey) time.Duration
+
+	mu      sync.Mutex
+	targets map[PodKey]*target
+	queue   targetQueue
+	running bool
+	wake    chan struct{}
+	work    chan *target
+}
+
+// target is the schedule entry of one pod. The Scraper's mu guards every
+// field but key and delivering.
+type target struct {
+	key PodKey
+	url string
+	req *http.Request // template shared by every scrape; never modified
+	gen uint64        // bumped when the URL changes
+	due time.Time
+	// index is the position in the queue, -1 while not queued (in flight,
+	// handed to a worker, or removed).
+	index   int
+	removed bool
+	cancel  context.CancelCauseFunc // set while a scrape is in flight
+	// delivering is held while the sink is called for this target, so
+	// that Remove can wait for a call in progress.
+	delivering sync.Mutex
+}
+
+// New returns a Scraper for a valid configuration. Call Run to start it.
+func New(cfg Config, sink Sink) (*Scraper, error) {
+	if errs := cfg.Validate(); len(errs) > 0 {
+		return nil, fmt.Errorf("invalid scrape configuration: %w", errors.Join(errs...))
+	}
+	if sink == nil {
+		return nil, errors.New("invalid scrape configuration: no sink")
+	}
+	cfg.Series = append([]Series(nil), cfg.Series...)
+	selectors := cfg.selectors()
+	if _, err := exposition.NewParser(selectors...); err != nil {
+		return nil, fmt.Errorf("invalid scrape configuration: %w", err)
+	}
+	transport := cfg.Transport
+	if transport == nil {
+		transport = NewTransport(cfg)
+	}
+	s := &Scraper{
+		cfg:  cfg,
+		sink: sink,
+		client: &http.Client{
+			Transport: transport,
+			// A metrics endpoint that redirects is misconfigured; following
+			// it would let a pod point the adapter anywhere.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+		header: http.Header{
+			"Accept":     {acceptHeader},
+			"User-Agent": {"wsscale-scraper"},
+		},
+		selectors: selectors,
+		seed:      maphash.MakeSeed(),
+		targets:   map[PodKey]*target{},
+		wake:      make(chan struct{}, 1),
+		work:      make(chan *target),
+	}
+	s.offset = s.hashOffset
+	return s, nil
+}
+
+// hashOffset spreads targets uniformly and stably over the interval.
+func (s *Scraper) hashOffset(key PodKey) time.Duration {
+	return time.Duration(maphash.Comparable(s.seed, key) % uint64(s.cfg.Interval))
+}
+
+// Set adds a target or changes its URL. A new target is first scraped at its
+// place in the interval. Changing the URL abandons a scrape in flight.
+func (s *Scraper) Set(t Target) error {
+	u, err := url.Parse(t.URL)
+	if err != nil {
+		return fmt.Errorf("target %s: %w", t.Key, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("target %s: URL %q is not http(s)://host[:port]/path", t.Key, t.URL)
+	}
+	req, err := http.NewRequest(http.MethodGet, t.URL, nil)
+	if err != nil {
+		return fmt.Errorf("target %s: %w", t.Key, err)
+	}
+	req.Header = s.header
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old, ok := s.targets[t.Key]; ok {
+		if old.url == t.URL {
+			return nil
+		}
+		old.url, old.req = t.URL, req
+		old.gen++
+		if old.cancel != nil {
+			old.cancel(errTargetChanged)
+		}
+		return nil
+	}
+	tg := &target{key: t.Key, url: t.URL, req: req, index: -1}
+	tg.due = s.cfg.Clock.Now().Add(s.offset(t.Key))
+	s.targets[t.Key] = tg
+	heap.Push(&s.queue, tg)
+	if tg.index == 0 {
+		s.notify()
+	}
+	return nil
+}
+
+// Remove stops scraping a target and cancels a scrape in flight. When it
+// returns, the sink is not called for key anymore.
+func (s *Scraper) Remove(key PodKey) {
+	s.mu.Lock()
+	t, ok := s.targets[key]
+	if !ok {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.targets, key)
+	t.removed = true
+	if t.index >= 0 {
+		heap.Remove(&s.queue, t.index)
+	}
+	if t.cancel != nil {
+		t.cancel(errTargetRemoved)
+	}
+	s.mu.Unlock()
+	// Wait for a sink call in progress.
+	t.delivering.Lock()
+	t.delivering.Unlock()
+}
+
+// Len returns the number of targets.
+func (s *Scraper) Len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.targets)
+}
+
+func (s *Scraper) notify() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run scrapes until ctx is done, then waits for the scrapes in flight to be
+// abandoned. It may be called once.
+func (s *Scraper) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("scraper already started")
+	}
+	s.running = true
+	s.mu.Unlock()
+
+	klog.InfoS("Starting scraper", "interval", s.cfg.Interval, "timeout", s.cfg.Timeout,
+		"concurrency", s.cfg.Concurrency, "maxBodyBytes", s.cfg.MaxBodyBytes, "targets", s.Len())
+	defer klog.InfoS("Stopped scraper")
+	var wg sync.WaitGroup
+	for range s.cfg.Concurrency {
+		wg.Go(func() { s.worker(ctx) })
+	}
+	s.dispatch(ctx)
+	wg.Wait()
+	return nil
+}
+
+// dispatch hands due targets to the workers. It blocks while every worker is
+// busy, so a backlog delays scrapes instead of piling them up.
+func (s *Scraper) dispatch(ctx context.Context) {
+	clk := s.cfg.Clock
+	timer := clk.NewTimer(time.Hour)
+	stopTimer(timer)
+	for {
+		s.mu.Lock()
+		var next *target
+		wait := time.Duration(-1)
+		now := clk.Now()
+		if len(s.queue) > 0 {
+			if head := s.queue[0]; head.due.After(now) {
+				wait = head.due.Sub(now)
+			} else {
+				next = heap.Pop(&s.queue).(*target)
+			}
+		}
+		s.mu.Unlock()
+
+		if next != nil {
+			select {
+			case s.work <- next:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		var fire <-chan time.Time
+		if wait >= 0 {
+			timer.Reset(wait)
+			// A clock that moved while the timer was armed (a fake clock
+			// stepped by a test) would make it fire late: look again.
+			if clk.Since(now) > time.Millisecond {
+				stopTimer(timer)
+				continue
+			}
+			fire = timer.C()
+		}
+		select {
+		case <-fire:
+		case <-s.wake:
+		case <-ctx.Done():
+			stopTimer(timer)
+			return
+		}
+		stopTimer(timer)
+	}
+}
+
+// stopTimer stops t and drains a value it may have delivered, so that a
+// fake clock never blocks on a full channel.
+func stopTimer(t clock.Timer) {
+	t.Stop()
+	select {
+	case <-t.C():
+	default:
+	}
+}
+
+// worker owns a parser and a body buffer, reused across scrapes.
+type worker struct {
+	parser *exposition.Parser
+	body   []byte
+}
+
+func (s *Scraper) worker(ctx context.Context) {
+	p, err := exposition.NewParser(s.selectors...)
+	if err != nil {
+		panic(err) // validated by New
+	}
+	w := &worker{parser: p}
+	for {
+		select {
+		case t := <-s.work:
+			s.scrapeTarget(ctx, w, t)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// scrapeTarget scrapes t once, reports the outcome unless t was removed or
+// changed meanwhile, and puts t back in the queue.
+func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
+	clk := s.cfg.Clock
+	scrapeCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+
+	s.mu.Lock()
+	if t.removed {
+		s.mu.Unlock()
+		return
+	}
+	gen, req := t.gen, t.req
+	t.cancel = cancel
+	s.mu.Unlock()
+
+	start := clk.Now()
+	timeout := clk.AfterFunc(s.cfg.Timeout, func() { cancel(errScrapeTimeout) })
+	values, reason, err := s.scrape(scrapeCtx, w, req)
+	timeout.Stop()
+	duration := clk.Since(start)
+
+	t.delivering.Lock()
+	s.mu.Lock()
+	t.cancel = nil
+	deliver := !t.removed && t.gen == gen && ctx.Err() == nil
+	s.mu.Unlock()
+	if deliver {
+		if err != nil {
+			s.sink.Fail(t.key, Failure{
+				Time: start, Duration: duration, Reason: reason,
+				Err: fmt.Errorf("scrape %s (%s): %w", t.key, req.URL.Redacted(), err),
+			})
+		} else {
+			s.sink.Observe(t.key, Sample{Time: start, Duration: duration, Values: values})
+		}
+	}
+	t.delivering.Unlock()
+
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if t.removed || ctx.Err() != nil {
+		return
+	}
+	t.due = nextDue(t.due, clk.Now(), s.cfg.Interval)
+	heap.Push(&s.queue, t)
+	if t.index == 0 {
+		s.notify()
+	}
+}
+
+// nextDue keeps a target on its place in the interval: one interval after
+// the last due time, skipping the slots missed by a late scrape.
+func nextDue(due, now time.Time, interval time.Duration) time.Time {
+	next := due.Add(interval)
+	if next.Before(now) {
+		missed := now.Sub(next) / interval
+		next = next.Add(missed * interval)
+		if next.Before(now) {
+			next = next.Add(interval)
+		}
+	}
+	return next
+}
+
+// scrape fetches, parses and validates one body.
+func (s *Scraper) scrape(ctx context.Context, w *worker, tmpl *http.Request) ([]Value, Reason, error) {
+	resp, err := s.client.Do(tmpl.WithContext(ctx))
+	if err != nil {
+		return nil, classify(ctx, err), err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		// Read a little so that a short error page does not cost the
+		// connection; a long one is cut off with it.
+		_, _ = io.CopyN(io.Discard, resp.Body, 4<<10)
+		return nil, ReasonHTTPStatus, fmt.Errorf("HTTP status %s", resp.Status)
+	}
+	if resp.ContentLength > s.cfg.MaxBodyBytes {
+		return nil, ReasonTooLarge, fmt.Errorf("%w: Content-Length %d exceeds the limit of %d bytes",
+			errTooLarge, resp.ContentLength, s.cfg.MaxBodyBytes)
+	}
+	w.body, err = readBody(w.body[:0], resp.Body, resp.ContentLength, s.cfg.MaxBodyBytes)
+	defer func() {
+		if cap(w.body) > retainBodyBytes {
+			w.body = nil
+		}
+	}()
+	if errors.Is(err, errTooLarge) {
+		return nil, ReasonTooLarge, fmt.Errorf("%w: more than %d bytes", errTooLarge, s.cfg.MaxBodyBytes)
+	}
+	if err != nil {
+		return nil, classify(ctx, err), fmt.Errorf("read body: %w", err)
+	}
+
+	p := w.parser
+	defer p.Reset() // drop the reference to the body
+	if err := p.Parse(w.body, exposition.FormatFromContentType(resp.Header.Get("Content-Type"))); err != nil {
+		if errors.Is(err, exposition.ErrDuplicateSeries) {
+			return nil, ReasonDuplicate, err
+		}
+		return nil, ReasonParse, err
+	}
+	values := make([]Value, len(s.cfg.Series))
+	for i, series := range s.cfg.Series {
+		samples := p.Samples(i)
+		switch {
+		case len(samples) == 0:
+			if !series.Optional {
+				return nil, ReasonMissing, fmt.Errorf("series %s not exposed", series.Name)
+			}
+			continue
+		case len(samples) > 1:
+			return nil, ReasonDuplicate, fmt.Errorf("%d series match %s (lines %d and %d): %w",
+				len(samples), series.Name, samples[0].Line, samples[1].Line, exposition.ErrDuplicateSeries)
+		}
+		v := samples[0].Value
+		if problem := series.Rule.check(v); problem != "" {
+			return nil, ReasonInvalidValue, fmt.Errorf("line %d: %s = %s is %s, want a %s value",
+				samples[0].Line, series.Name, strconv.FormatFloat(v, 'g', -1, 64), problem, series.Rule)
+		}
+		values[i] = Value{Value: v, Present: true}
+	}
+	return values, "", nil
+}
+
+// readBody reads r into dst, failing with errTooLarge once more than limit
+// bytes came: it never holds more than limit+1 bytes.
+func readBody(dst []byte, r io.Reader, contentLength, limit int64) ([]byte, error) {
+	if contentLength > 0 && int64(cap(dst)) < contentLength+1 {
+		// +1 leaves room to see io.EOF without growing.
+		dst = make([]byte, 0, contentLength+1)
+	}
+	for {
+		if len(dst) == cap(dst) {
+			if int64(len(dst)) > limit {
+				return dst, errTooLarge
+			}
+			size := min(max(2*int64(cap(dst)), 16<<10), limit+1)
+			grown := make([]byte, len(dst), size)
+			copy(grown, dst)
+			dst = grown
+		}
+		n, err := r.Read(dst[len(dst):cap(dst)])
+		dst = dst[:len(dst)+n]
+		if int64(len(dst)) > limit {
+			return dst, errTooLarge
+		}
+		if err == io.EOF {
+			return dst, nil
+		}
+		if err != nil {
+			return dst, err
+		}
+	}
+}
+
+// classify maps a transport error to a reason.
+func classify(ctx context.Context, err error) Reason {
+	if errors.Is(context.Cause(ctx), errScrapeTimeout) {
+		return ReasonTimeout
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) && netErr.Timeout() {
+		return ReasonTimeout
+	}
+	return ReasonConnection
+}

@@ -1,0 +1,166 @@
+package scrape
+
+import (
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/wsscale/wsscale/pkg/provider/exposition"
+)
+
+// PodKey identifies a scraped pod.
+type PodKey struct {
+	Namespace string
+	Name      string
+}
+
+// String returns "namespace/name".
+func (k PodKey) String() string { return k.Namespace + "/" + k.Name }
+
+// Target is a pod and the URL of its metrics endpoint, e.g.
+// http://10.0.3.7:9090/metrics.
+type Target struct {
+	Key PodKey
+	URL string
+}
+
+// ValueRule says which values of a series are valid. A scrape with an
+// invalid value fails with ReasonInvalidValue, so that a broken pod has no
+// value rather than a wrong one.
+type ValueRule uint8
+
+const (
+	// Finite accepts every value but NaN, +Inf and -Inf.
+	Finite ValueRule = iota
+	// NonNegative accepts finite values >= 0.
+	NonNegative
+	// Count accepts integers from 0 to 2^53, such as a number of open
+	// connections.
+	Count
+)
+
+// maxCount is the largest integer a float64 holds exactly.
+const maxCount = 1 << 53
+
+// String returns the rule's name.
+func (r ValueRule) String() string {
+	switch r {
+	case Finite:
+		return "finite"
+	case NonNegative:
+		return "non-negative"
+	case Count:
+		return "count"
+	}
+	return fmt.Sprintf("ValueRule(%d)", uint8(r))
+}
+
+// check returns why v breaks the rule, or "" when it does not.
+func (r ValueRule) check(v float64) string {
+	if math.IsNaN(v) {
+		return "NaN"
+	}
+	if math.IsInf(v, 0) {
+		return "infinite"
+	}
+	if r == Finite {
+		return ""
+	}
+	if v < 0 {
+		return "negative"
+	}
+	if r == Count && (v != math.Trunc(v) || v > maxCount) {
+		return "not an integer count"
+	}
+	return ""
+}
+
+// Series is one wanted series of every target.
+type Series struct {
+	// Name is the sample name as exposed, e.g. websocket_connections_active.
+	Name string
+	// Labels, if any, must be present on the sample with exactly these
+	// values; other labels are ignored. A scrape where more than one sample
+	// matches fails with ReasonDuplicate.
+	Labels []exposition.Label
+	// Rule is the validation applied to the value.
+	Rule ValueRule
+	// Optional lets a scrape succeed without this series; otherwise its
+	// absence fails the scrape with ReasonMissing.
+	Optional bool
+}
+
+// Value is the value of one series in a successful scrape.
+type Value struct {
+	// Value is the validated sample value.
+	Value float64
+	// Present is false when an optional series was not exposed.
+	Present bool
+}
+
+// Sample is the outcome of a successful scrape.
+type Sample struct {
+	// Time is when the scrape started, by the scraper's clock. Timestamps in
+	// the exposition are ignored: freshness is judged by when we looked.
+	Time time.Time
+	// Duration is how long the scrape took.
+	Duration time.Duration
+	// Values holds one entry per Config.Series, in the same order. The sink
+	// owns the slice.
+	Values []Value
+}
+
+// Reason classifies a failed scrape; it is meant as a metric label value,
+// so the set is small and fixed.
+type Reason string
+
+// The reasons a scrape fails.
+const (
+	// ReasonTimeout: the scrape took longer than the timeout.
+	ReasonTimeout Reason = "timeout"
+	// ReasonConnection: the connection failed (refused, reset, closed early).
+	ReasonConnection Reason = "connection"
+	// ReasonHTTPStatus: the response status was not 200.
+	ReasonHTTPStatus Reason = "http_status"
+	// ReasonTooLarge: the body exceeded the size limit.
+	ReasonTooLarge Reason = "too_large"
+	// ReasonParse: the body is not a valid exposition.
+	ReasonParse Reason = "parse"
+	// ReasonInvalidValue: a wanted value broke its series' rule.
+	ReasonInvalidValue Reason = "invalid_value"
+	// ReasonDuplicate: a wanted series was exposed more than once.
+	ReasonDuplicate Reason = "duplicate"
+	// ReasonMissing: a required series was not exposed.
+	ReasonMissing Reason = "missing"
+)
+
+// Reasons returns every Reason, e.g. to initialise a counter per reason.
+func Reasons() []Reason {
+	return []Reason{
+		ReasonTimeout, ReasonConnection, ReasonHTTPStatus, ReasonTooLarge,
+		ReasonParse, ReasonInvalidValue, ReasonDuplicate, ReasonMissing,
+	}
+}
+
+// Failure is the outcome of a failed scrape.
+type Failure struct {
+	// Time is when the scrape started.
+	Time time.Time
+	// Duration is how long the scrape took until it failed.
+	Duration time.Duration
+	// Reason classifies the failure.
+	Reason Reason
+	// Err says what went wrong, for logs.
+	Err error
+}
+
+// Sink receives the outcome of every scrape. Calls for one pod never overlap
+// and follow the scrape order; calls for different pods are concurrent.
+// Once Remove(key) has returned, no further call for key is made. A Sink
+// must not call Set or Remove of the same Scraper synchronously.
+type Sink interface {
+	// Observe reports a successful scrape.
+	Observe(key PodKey, sample Sample)
+	// Fail reports a failed scrape.
+	Fail(key PodKey, failure Failure)
+}
