@@ -63,8 +63,8 @@ func TestFlagsOverrideEnvironment(t *testing.T) {
 
 func TestServerOptionsValidate(t *testing.T) {
 	tests := []struct {
-		name string
-		env  map[string]string
+		name   string
+		env    map[string]string
 		want   []string // each must appear in one error
 		errors int      // every problem is reported at once
 	}{
