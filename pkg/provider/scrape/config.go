@@ -43,7 +43,8 @@ type Config struct {
 	// costs about 14 kB of memory per pod for the idle connection
 	// (measured by BenchmarkScrape10kPods).
 	DisableKeepAlives bool
-	// Transport sends the requests; nil means NewTransport(the config).
+	// Transport sends the requests; nil means NewKeepAliveTransport(the config), or NewTransport
+	// with DisableKeepAlives.
 	Transport http.RoundTripper
 }
 

@@ -91,8 +91,12 @@ func New(cfg Config, sink Sink) (*Scraper, error) {
 		return nil, fmt.Errorf("invalid scrape configuration: %w", err)
 	}
 	transport := cfg.Transport
-	if transport == nil {
+	switch {
+	case transport != nil:
+	case cfg.DisableKeepAlives:
 		transport = NewTransport(cfg)
+	default:
+		transport = NewKeepAliveTransport(cfg)
 	}
 	s := &Scraper{
 		cfg:  cfg,
