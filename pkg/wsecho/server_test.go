@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -104,6 +105,7 @@ func TestUpgradeFlood(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxConnections = 10
 	ts := startServer(t, cfg)
+	goroutinesBefore := runtime.NumGoroutine()
 	const attempts = 200
 	var (
 		wg       sync.WaitGroup
@@ -142,6 +144,9 @@ func TestUpgradeFlood(t *testing.T) {
 	if got := ts.slots.Load(); got != 0 {
 		t.Errorf("connection slots still taken after every client left: %d", got)
 	}
+	// Nothing of the flood stays behind: no goroutine per refused or finished connection.
+	eventually(t, 10*time.Second, func() bool { return runtime.NumGoroutine() <= goroutinesBefore+2 },
+		"goroutines did not return to their number before the flood (%d)", goroutinesBefore)
 }
 
 func TestOriginCheck(t *testing.T) {
@@ -225,6 +230,13 @@ func TestBadInputClosesWithTheRightCode(t *testing.T) {
 			name: "oversized message in fragments",
 			send: append(frame(false, 0, websocket.BinaryMessage, true, make([]byte, 600)),
 				frame(true, 0, 0, true, make([]byte, 600))...),
+			wantCode: websocket.CloseMessageTooBig,
+			reason:   ReasonMessageTooBig,
+		},
+		{
+			// Only the header arrives: the declared length alone must be refused.
+			name:     "frame header declaring a 1 TiB payload",
+			send:     []byte{0x82, 0x80 | 127, 0, 0, 1, 0, 0, 0, 0, 0, 1, 2, 3, 4},
 			wantCode: websocket.CloseMessageTooBig,
 			reason:   ReasonMessageTooBig,
 		},
@@ -469,11 +481,16 @@ websocket_messages_total{direction="out"} 6
 		"websocket_draining", "websocket_messages_total"}
 	// The server counts a message as sent once its write returned, which may be just after the
 	// client read it.
-	var compareErr error
-	eventually(t, 5*time.Second, func() bool {
-		compareErr = testutil.GatherAndCompare(ts.Registry(), strings.NewReader(expected), names...)
-		return compareErr == nil
-	}, "metrics differ: %v", &compareErr)
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		err := testutil.GatherAndCompare(ts.Registry(), strings.NewReader(expected), names...)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics differ: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	for _, c := range conns {
 		_ = c.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"))
 		_, _, _ = c.ReadMessage()
