@@ -153,6 +153,7 @@ func (s Seconds) MarshalJSON() ([]byte, error) {
 	return strconv.AppendFloat(nil, time.Duration(s).Seconds(), 'f', 6, 64), nil
 }
 
+// String renders s as a Go duration.
 func (s Seconds) String() string { return time.Duration(s).String() }
 
 // run is the state shared by all connections of one load run.
