@@ -1,0 +1,1005 @@
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
+)
+
+const (
+	defaultTerminationGrace = 30 * time.Second
+	maxWorkerWait           = time.Minute
+	teardownTimeout         = 30 * time.Second
+	finalizeAttempts        = 5
+)
+
+// containerExit reports the end of one run of a container.
+type containerExit struct {
+	index int
+	gen   int
+	st    exitStatus
+}
+
+// probeResult is the outcome of one probe attempt.
+type probeResult struct {
+	index int
+	gen   int
+	kind  probeKind
+	ok    bool
+	msg   string
+}
+
+// probeState tracks one probe of a running container.
+type probeState struct {
+	spec      *v1.Probe
+	nextAt    time.Time
+	inFlight  bool
+	successes int32
+	failures  int32
+}
+
+// containerState is the node's view of one container of a pod.
+type containerState struct {
+	spec v1.Container
+
+	proc      containerProcess
+	gen       int // number of starts; results of earlier runs are ignored
+	startedAt time.Time
+	ready     bool
+	started   bool
+	imageID   string
+
+	waiting        *v1.ContainerStateWaiting
+	terminated     *v1.ContainerStateTerminated
+	lastTerminated *v1.ContainerStateTerminated
+	nextStartAt    time.Time
+	crash          crashBackOff
+	startRetry     crashBackOff
+
+	probes        [3]*probeState
+	killAt        time.Time // SIGKILL deadline after a failed liveness probe
+	killReason    string
+	sigtermSent   bool
+	sigkillSent   bool
+	preStopActive bool
+	release       []func()
+}
+
+func (c *containerState) containerID() string {
+	if c.proc == nil && c.terminated == nil {
+		return ""
+	}
+	return fmt.Sprintf("nodeagent://%s-%d", c.spec.Name, c.gen)
+}
+
+// status renders the container's status.
+func (c *containerState) status() v1.ContainerStatus {
+	s := v1.ContainerStatus{
+		Name:         c.spec.Name,
+		Image:        c.spec.Image,
+		ImageID:      c.imageID,
+		ContainerID:  c.containerID(),
+		Ready:        c.ready,
+		Started:      ptr.To(c.proc != nil && c.started),
+		RestartCount: int32(max(c.gen-1, 0)),
+	}
+	switch {
+	case c.proc != nil:
+		s.State.Running = &v1.ContainerStateRunning{StartedAt: metav1.NewTime(c.startedAt)}
+	case c.terminated != nil:
+		s.State.Terminated = c.terminated.DeepCopy()
+	case c.waiting != nil:
+		s.State.Waiting = c.waiting.DeepCopy()
+	default:
+		s.State.Waiting = &v1.ContainerStateWaiting{Reason: "ContainerCreating"}
+	}
+	if c.lastTerminated != nil {
+		s.LastTerminationState.Terminated = c.lastTerminated.DeepCopy()
+	}
+	return s
+}
+
+// podWorker runs one pod from admission to finalised deletion in a single goroutine; the
+// goroutines it spawns (process waiters, probes, preStop hooks) end with their task.
+type podWorker struct {
+	agent *Agent
+	uid   types.UID
+
+	mu     sync.Mutex
+	latest *v1.Pod
+	gone   bool
+	notify chan struct{}
+
+	exits  chan containerExit
+	probes chan probeResult
+	hooks  chan int
+	done   chan struct{}
+
+	// Owned by run.
+	pod             *v1.Pod
+	ip              netip.Addr
+	netns           string
+	podDir          string
+	volumes         *podVolumes
+	containers      []*containerState
+	startTime       time.Time
+	sandboxReady    bool
+	volumesReady    bool
+	setupErr        error
+	setupRetryAt    time.Time
+	setupBackOff    crashBackOff
+	nextVolumeSync  time.Time
+	lastStatus      *v1.PodStatus
+	statusRetryAt   time.Time
+	terminating     bool
+	shutdown        bool
+	killAt          time.Time
+	finalized       bool
+	podUpdated      bool
+	warnedProbeType map[string]bool
+}
+
+func newPodWorker(a *Agent, pod *v1.Pod) *podWorker {
+	w := &podWorker{
+		agent:           a,
+		uid:             pod.UID,
+		latest:          pod,
+		notify:          make(chan struct{}, 1),
+		exits:           make(chan containerExit, 2*len(pod.Spec.Containers)+1),
+		probes:          make(chan probeResult, 3*len(pod.Spec.Containers)+1),
+		hooks:           make(chan int, len(pod.Spec.Containers)+1),
+		done:            make(chan struct{}),
+		podDir:          filepath.Join(a.opts.StateDir, "pods", string(pod.UID)),
+		setupBackOff:    crashBackOff{base: time.Second, max: 30 * time.Second},
+		warnedProbeType: map[string]bool{},
+	}
+	w.volumes = newPodVolumes(a.client, a.clock, filepath.Join(w.podDir, "volumes"), a.allocatable)
+	for i := range pod.Spec.Containers {
+		c := &containerState{
+			spec:       *pod.Spec.Containers[i].DeepCopy(),
+			crash:      crashBackOff{base: a.opts.CrashLoopBackOffBase, max: a.opts.CrashLoopBackOffMax},
+			startRetry: crashBackOff{base: a.opts.CrashLoopBackOffBase, max: a.opts.CrashLoopBackOffMax},
+		}
+		w.containers = append(w.containers, c)
+	}
+	return w
+}
+
+// update hands the worker a newer version of its pod.
+func (w *podWorker) update(pod *v1.Pod) {
+	w.mu.Lock()
+	w.latest = pod
+	w.mu.Unlock()
+	w.poke()
+}
+
+// markGone tells the worker its pod was removed from the API.
+func (w *podWorker) markGone() {
+	w.mu.Lock()
+	w.gone = true
+	w.mu.Unlock()
+	w.poke()
+}
+
+func (w *podWorker) poke() {
+	select {
+	case w.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (w *podWorker) snapshot() (*v1.Pod, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.latest, w.gone
+}
+
+func (w *podWorker) logger() klog.Logger {
+	return klog.Background().WithValues("node", w.agent.opts.NodeName, "pod", klog.KObj(w.pod))
+}
+
+func (w *podWorker) run(ctx context.Context) {
+	defer close(w.done)
+	for {
+		now := w.agent.clock.Now()
+		pod, gone := w.snapshot()
+		if w.pod != nil && pod != w.pod {
+			// Every informer update is a new object; labels or annotations may have changed.
+			w.podUpdated = true
+		}
+		w.pod = pod
+		if (gone || pod.DeletionTimestamp != nil || ctx.Err() != nil) && !w.terminating {
+			w.beginTermination(ctx, now, gone)
+		} else if w.terminating && !gone && pod.DeletionGracePeriodSeconds != nil {
+			// A second delete may shorten the grace period, never lengthen it.
+			if limit := now.Add(time.Duration(*pod.DeletionGracePeriodSeconds) * time.Second); limit.Before(w.killAt) {
+				w.killAt = limit
+			}
+		}
+		if ctx.Err() != nil && !w.shutdown {
+			w.shutdown = true
+			if limit := now.Add(w.agent.opts.ShutdownGracePeriod); w.killAt.After(limit) {
+				w.killAt = limit
+			}
+		}
+		if w.terminating {
+			w.progressTermination(now)
+			if !w.anyRunning() {
+				w.finish(ctx, gone)
+				return
+			}
+		} else {
+			w.sync(ctx, now)
+		}
+		if !gone && !w.shutdown {
+			w.writeStatus(ctx, now)
+		}
+
+		w.wait(ctx, w.nextWake(now))
+	}
+}
+
+// wait sleeps until an event arrives or d has passed and handles the event. With nothing to
+// wait for (d == 0) it only takes what is already there.
+func (w *podWorker) wait(ctx context.Context, d time.Duration) {
+	var timeout <-chan time.Time
+	if d > 0 {
+		timer := w.agent.clock.NewTimer(d)
+		defer timer.Stop()
+		timeout = timer.C()
+	} else {
+		ready := make(chan time.Time)
+		close(ready)
+		timeout = ready
+	}
+	var ctxDone <-chan struct{}
+	if !w.shutdown {
+		ctxDone = ctx.Done()
+	}
+	select {
+	case <-w.notify:
+	case ev := <-w.exits:
+		w.handleExit(ev)
+	case r := <-w.probes:
+		w.handleProbe(ctx, r)
+	case i := <-w.hooks:
+		w.containers[i].preStopActive = false
+	case <-timeout:
+	case <-ctxDone:
+	}
+}
+
+// nextWake is how long the worker may sleep before something is due.
+func (w *podWorker) nextWake(now time.Time) time.Duration {
+	next := now.Add(maxWorkerWait)
+	consider := func(t time.Time) {
+		if !t.IsZero() && t.Before(next) {
+			next = t
+		}
+	}
+	if w.terminating {
+		if now.Before(w.killAt) {
+			consider(w.killAt)
+		}
+	} else {
+		if !w.sandboxReady || !w.volumesReady {
+			consider(w.setupRetryAt)
+		}
+		consider(w.nextVolumeSync)
+	}
+	consider(w.statusRetryAt)
+	for _, c := range w.containers {
+		if c.proc == nil && c.terminated == nil && !w.terminating {
+			consider(c.nextStartAt)
+		}
+		if c.proc != nil && !w.terminating {
+			if !c.sigkillSent {
+				consider(c.killAt)
+			}
+			for _, p := range c.probes {
+				if p != nil && !p.inFlight && w.probeActive(c, p) {
+					consider(p.nextAt)
+				}
+			}
+		}
+	}
+	d := next.Sub(now)
+	if d < 0 {
+		d = 0
+	}
+	return d
+}
+
+// podWithIPs is the pod as the downward API sees it: with this node's view of its IPs.
+func (w *podWorker) podWithIPs() *v1.Pod {
+	p := w.pod.DeepCopy()
+	hostIP := w.agent.opts.NodeIP
+	p.Status.HostIP = hostIP
+	p.Status.HostIPs = []v1.HostIP{{IP: hostIP}}
+	if w.ip.IsValid() {
+		p.Status.PodIP = w.ip.String()
+		p.Status.PodIPs = []v1.PodIP{{IP: w.ip.String()}}
+	}
+	return p
+}
+
+// sync brings the pod towards running: sandbox, volumes, containers, probes.
+func (w *podWorker) sync(ctx context.Context, now time.Time) {
+	if w.startTime.IsZero() {
+		w.startTime = now
+	}
+	if (!w.sandboxReady || !w.volumesReady) && !now.Before(w.setupRetryAt) {
+		w.setup(ctx, now)
+	}
+	if w.sandboxReady && w.volumesReady && (w.podUpdated || !now.Before(w.nextVolumeSync)) {
+		refresh := !now.Before(w.nextVolumeSync)
+		if err := w.volumes.sync(ctx, w.podWithIPs(), refresh); err != nil {
+			w.logger().Error(err, "Updating volumes failed")
+		}
+		if refresh {
+			w.nextVolumeSync = now.Add(w.agent.opts.VolumeResyncPeriod)
+		}
+	}
+	w.podUpdated = false
+	if !w.sandboxReady || !w.volumesReady {
+		return
+	}
+	for i, c := range w.containers {
+		if c.proc == nil && c.terminated == nil && !now.Before(c.nextStartAt) {
+			w.startContainer(ctx, i, now)
+		}
+	}
+	for i, c := range w.containers {
+		if c.proc == nil {
+			continue
+		}
+		if !c.killAt.IsZero() && !now.Before(c.killAt) && !c.sigkillSent {
+			c.sigkillSent = true
+			w.signal(c, syscall.SIGKILL)
+		}
+		for kind, p := range c.probes {
+			if p != nil && !p.inFlight && w.probeActive(c, p) && !now.Before(p.nextAt) {
+				w.launchProbe(ctx, i, probeKind(kind))
+			}
+		}
+	}
+}
+
+// setup creates the pod's network and volumes; failures are retried with back-off and
+// shown as ContainerCreating.
+func (w *podWorker) setup(ctx context.Context, now time.Time) {
+	var err error
+	if !w.sandboxReady {
+		err = w.setupSandbox(ctx)
+	}
+	if err == nil && !w.volumesReady {
+		if err = w.volumes.sync(ctx, w.podWithIPs(), true); err == nil {
+			w.volumesReady = true
+			w.nextVolumeSync = now.Add(w.agent.opts.VolumeResyncPeriod)
+		} else {
+			err = fmt.Errorf("mount volumes: %w", err)
+		}
+	}
+	w.setupErr = err
+	if err != nil {
+		w.setupRetryAt = now.Add(max(w.setupBackOff.next(0), time.Second))
+		w.logger().Error(err, "Preparing pod failed")
+	}
+}
+
+func (w *podWorker) setupSandbox(ctx context.Context) error {
+	if w.pod.Spec.HostNetwork {
+		// The containers share the node network namespace and the node's address.
+		w.ip = netip.MustParseAddr(w.agent.opts.NodeIP)
+		w.sandboxReady = true
+		return nil
+	}
+	if !w.ip.IsValid() {
+		ip, err := w.agent.ips.allocate()
+		if err != nil {
+			return err
+		}
+		w.ip = ip
+	}
+	ctx, cancel := context.WithTimeout(ctx, teardownTimeout)
+	defer cancel()
+	var ns string
+	err := w.agent.withNetworkSlot(ctx, func() error {
+		var err error
+		ns, err = w.agent.network.setup(ctx, string(w.uid), w.ip)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("create pod sandbox: %w", err)
+	}
+	w.netns = ns
+	w.sandboxReady = true
+	return nil
+}
+
+// startContainer resolves the image, environment and mounts of container i and starts it.
+func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
+	c := w.containers[i]
+	log := w.logger().WithValues("container", c.spec.Name)
+	retry := func(reason string, err error) {
+		c.waiting = &v1.ContainerStateWaiting{Reason: reason, Message: err.Error()}
+		c.nextStartAt = now.Add(c.startRetry.next(0))
+		log.Info("Container cannot start", "reason", reason, "err", err.Error())
+	}
+	if c.spec.Image != w.pod.Spec.Containers[i].Image {
+		c.spec.Image = w.pod.Spec.Containers[i].Image
+	}
+	binary, err := w.agent.images.resolve(c.spec.Image)
+	if err != nil {
+		reason := "ErrImagePull"
+		if c.waiting != nil && (c.waiting.Reason == "ErrImagePull" || c.waiting.Reason == "ImagePullBackOff") {
+			reason = "ImagePullBackOff"
+		}
+		retry(reason, err)
+		return
+	}
+	c.imageID = "local://" + binary
+	pod := w.podWithIPs()
+	env, err := makeEnvironment(ctx, newObjectCache(w.agent.client, pod.Namespace), pod, &c.spec, w.agent.envContext())
+	if err != nil {
+		retry("CreateContainerConfigError", err)
+		return
+	}
+	mounts, release, err := w.containerMounts(&c.spec, env)
+	if err != nil {
+		retry("CreateContainerConfigError", err)
+		return
+	}
+	argv := append([]string{binary}, containerArgs(&c.spec, env)...)
+	spec := &launchSpec{
+		NetNS:    w.netns,
+		Hostname: podHostname(w.pod),
+		Binary:   binary,
+		Argv:     argv,
+		Env:      env.environ(),
+		Mounts:   mounts,
+		WorkDir:  c.spec.WorkingDir,
+	}
+	spec.UID, spec.GID, spec.Groups = credentials(w.pod, &c.spec)
+	gen := c.gen + 1
+	specPath := filepath.Join(w.podDir, "containers", c.spec.Name, fmt.Sprintf("launch-%d.json", gen))
+	logPath := filepath.Join(w.agent.opts.StateDir, "logs", fmt.Sprintf("%s_%s_%s", w.pod.Namespace, w.pod.Name, w.uid), c.spec.Name, fmt.Sprintf("%d.log", gen-1))
+	proc, err := w.agent.runtime.start(spec, specPath, logPath, func(st exitStatus) {
+		// Buffered for every container's single live process: never blocks.
+		w.exits <- containerExit{index: i, gen: gen, st: st}
+	})
+	if err != nil {
+		for _, r := range release {
+			r()
+		}
+		var se *startError
+		if errors.As(err, &se) {
+			// The kubelet reports a failed exec as a terminated run that is restarted with back-off.
+			c.gen = gen
+			c.startedAt = now
+			w.recordExit(c, exitStatus{code: 128, at: now}, "StartError", se.msg)
+			return
+		}
+		retry("RunContainerError", err)
+		return
+	}
+	log.Info("Started container", "pid", proc.pid(), "binary", binary, "restartCount", gen-1, "log", logPath)
+	c.proc, c.gen, c.startedAt = proc, gen, now
+	c.release = release
+	c.waiting, c.terminated = nil, nil
+	c.killAt, c.killReason, c.sigtermSent, c.sigkillSent = time.Time{}, "", false, false
+	c.startRetry.restarts = 0
+	c.started = c.spec.StartupProbe == nil
+	c.ready = false
+	for kind, spec := range []*v1.Probe{c.spec.StartupProbe, c.spec.LivenessProbe, c.spec.ReadinessProbe} {
+		c.probes[kind] = nil
+		if spec != nil {
+			c.probes[kind] = &probeState{spec: spec, nextAt: now.Add(time.Duration(spec.InitialDelaySeconds) * time.Second)}
+		}
+	}
+	if c.started && c.probes[readinessProbe] == nil {
+		c.ready = true
+	}
+}
+
+func podHostname(pod *v1.Pod) string {
+	if pod.Spec.Hostname != "" {
+		return pod.Spec.Hostname
+	}
+	name := pod.Name
+	if len(name) > 63 {
+		name = name[:63]
+	}
+	return strings.TrimRight(name, "-.")
+}
+
+// credentials picks runAsUser, runAsGroup and the supplementary groups; the container's
+// security context overrides the pod's.
+func credentials(pod *v1.Pod, c *v1.Container) (*int64, *int64, []int64) {
+	var uid, gid *int64
+	var groups []int64
+	if psc := pod.Spec.SecurityContext; psc != nil {
+		uid, gid = psc.RunAsUser, psc.RunAsGroup
+		if psc.FSGroup != nil {
+			groups = append(groups, *psc.FSGroup)
+		}
+		groups = append(groups, psc.SupplementalGroups...)
+	}
+	if sc := c.SecurityContext; sc != nil {
+		if sc.RunAsUser != nil {
+			uid = sc.RunAsUser
+		}
+		if sc.RunAsGroup != nil {
+			gid = sc.RunAsGroup
+		}
+	}
+	if uid != nil && gid == nil {
+		// An image without a USER group runs as group 0.
+		gid = ptr.To[int64](0)
+	}
+	return uid, gid, groups
+}
+
+// containerMounts maps the container's volumeMounts to bind mounts of prepared volume
+// directories and creates their mount points. subPath mounts resolve the path once, so
+// (as with the kubelet) they do not see later updates.
+func (w *podWorker) containerMounts(c *v1.Container, env *envList) ([]bindMount, []func(), error) {
+	var mounts []bindMount
+	var release []func()
+	fail := func(err error) ([]bindMount, []func(), error) {
+		for _, r := range release {
+			r()
+		}
+		return nil, nil, err
+	}
+	for _, vm := range c.VolumeMounts {
+		var vol *v1.Volume
+		for i := range w.pod.Spec.Volumes {
+			if w.pod.Spec.Volumes[i].Name == vm.Name {
+				vol = &w.pod.Spec.Volumes[i]
+			}
+		}
+		if vol == nil {
+			return fail(fmt.Errorf("volume mount %q: no such volume", vm.Name))
+		}
+		if !filepath.IsAbs(vm.MountPath) {
+			return fail(fmt.Errorf("volume mount %q: mount path %q is not absolute", vm.Name, vm.MountPath))
+		}
+		src := w.volumes.hostPath(vol)
+		sub := vm.SubPath
+		if vm.SubPathExpr != "" {
+			sub = expand(vm.SubPathExpr, env.get)
+		}
+		isFile := false
+		if sub != "" {
+			if err := validatePayloadPath(sub); err != nil && !strings.HasPrefix(sub, "..") {
+				return fail(fmt.Errorf("volume mount %q: subPath: %w", vm.Name, err))
+			}
+			resolved, err := filepath.EvalSymlinks(filepath.Join(src, sub))
+			if os.IsNotExist(err) {
+				// The kubelet creates a missing subPath as a directory.
+				if err = os.MkdirAll(filepath.Join(src, sub), 0o755); err == nil {
+					resolved = filepath.Join(src, sub)
+				}
+			}
+			if err != nil {
+				return fail(fmt.Errorf("volume mount %q: subPath %q: %w", vm.Name, sub, err))
+			}
+			if !strings.HasPrefix(resolved, src+"/") && resolved != src && vol.HostPath == nil {
+				return fail(fmt.Errorf("volume mount %q: subPath %q leaves the volume", vm.Name, sub))
+			}
+			st, err := os.Stat(resolved)
+			if err != nil {
+				return fail(fmt.Errorf("volume mount %q: %w", vm.Name, err))
+			}
+			isFile = !st.IsDir()
+			src = resolved
+		} else if st, err := os.Stat(src); err == nil && !st.IsDir() {
+			isFile = true
+		}
+		r, err := mountPoints.acquire(vm.MountPath, isFile, w.agent.mountJournal())
+		if err != nil {
+			return fail(err)
+		}
+		release = append(release, r)
+		mounts = append(mounts, bindMount{Source: src, Target: vm.MountPath, ReadOnly: vm.ReadOnly})
+	}
+	return mounts, release, nil
+}
+
+func (w *podWorker) signal(c *containerState, sig syscall.Signal) {
+	if c.proc == nil {
+		return
+	}
+	if err := c.proc.signal(sig); err != nil {
+		w.logger().Error(err, "Signalling container failed", "container", c.spec.Name, "signal", sig.String())
+	}
+}
+
+// handleExit records the end of a container run and schedules its restart.
+func (w *podWorker) handleExit(ev containerExit) {
+	c := w.containers[ev.index]
+	if ev.gen != c.gen || c.proc == nil {
+		return
+	}
+	c.proc = nil
+	for _, r := range c.release {
+		r()
+	}
+	c.release = nil
+	reason := "Completed"
+	if ev.st.code != 0 {
+		reason = "Error"
+	}
+	w.recordExit(c, ev.st, reason, c.killReason)
+}
+
+func (w *podWorker) recordExit(c *containerState, st exitStatus, reason, message string) {
+	term := &v1.ContainerStateTerminated{
+		ExitCode:    st.code,
+		Signal:      int32(st.signal),
+		Reason:      reason,
+		Message:     message,
+		StartedAt:   metav1.NewTime(c.startedAt),
+		FinishedAt:  metav1.NewTime(st.at),
+		ContainerID: fmt.Sprintf("nodeagent://%s-%d", c.spec.Name, c.gen),
+	}
+	c.ready, c.started = false, false
+	for i := range c.probes {
+		c.probes[i] = nil
+	}
+	w.logger().Info("Container exited", "container", c.spec.Name, "exitCode", st.code, "reason", reason)
+	restart := false
+	if !w.terminating {
+		switch w.pod.Spec.RestartPolicy {
+		case v1.RestartPolicyNever:
+		case v1.RestartPolicyOnFailure:
+			restart = st.code != 0
+		default:
+			restart = true
+		}
+	}
+	if !restart {
+		c.terminated = term
+		return
+	}
+	c.lastTerminated = term
+	c.terminated = nil
+	delay := c.crash.next(st.at.Sub(c.startedAt))
+	c.nextStartAt = st.at.Add(delay)
+	c.waiting = nil
+	if delay > 0 {
+		c.waiting = &v1.ContainerStateWaiting{
+			Reason:  "CrashLoopBackOff",
+			Message: fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", delay, c.spec.Name, w.pod.Name, w.pod.Namespace, w.uid),
+		}
+	}
+}
+
+func (w *podWorker) probeActive(c *containerState, p *probeState) bool {
+	switch p {
+	case c.probes[startupProbe]:
+		return !c.started && !w.terminating
+	case c.probes[livenessProbe]:
+		return c.started && !w.terminating && c.killAt.IsZero()
+	default:
+		return c.started
+	}
+}
+
+func (w *podWorker) launchProbe(ctx context.Context, i int, kind probeKind) {
+	c := w.containers[i]
+	p := c.probes[kind]
+	p.inFlight = true
+	if p.spec.HTTPGet == nil && p.spec.TCPSocket == nil && !w.warnedProbeType[c.spec.Name] {
+		w.warnedProbeType[c.spec.Name] = true
+		w.logger().Info("Probe type not run by the process-based node agent; treated as passing", "container", c.spec.Name, "probe", kind.String())
+	}
+	spec, podIP, container, gen := p.spec, w.ip.String(), c.spec.DeepCopy(), c.gen
+	go func() {
+		ok, msg := w.agent.prober.probe(ctx, spec, podIP, container)
+		select {
+		case w.probes <- probeResult{index: i, gen: gen, kind: kind, ok: ok, msg: msg}:
+		case <-w.done:
+		}
+	}()
+}
+
+func (w *podWorker) handleProbe(ctx context.Context, r probeResult) {
+	c := w.containers[r.index]
+	if r.gen != c.gen || c.proc == nil || c.probes[r.kind] == nil {
+		return
+	}
+	p := c.probes[r.kind]
+	now := w.agent.clock.Now()
+	p.inFlight = false
+	period := time.Duration(p.spec.PeriodSeconds) * time.Second
+	if period <= 0 {
+		period = 10 * time.Second
+	}
+	p.nextAt = now.Add(period)
+	if r.ok {
+		p.successes++
+		p.failures = 0
+	} else {
+		p.failures++
+		p.successes = 0
+	}
+	failureThreshold := p.spec.FailureThreshold
+	if failureThreshold <= 0 {
+		failureThreshold = 3
+	}
+	successThreshold := p.spec.SuccessThreshold
+	if successThreshold <= 0 || r.kind != readinessProbe {
+		successThreshold = 1
+	}
+	switch r.kind {
+	case startupProbe:
+		if p.successes >= successThreshold {
+			c.started = true
+			for _, k := range []probeKind{livenessProbe, readinessProbe} {
+				if q := c.probes[k]; q != nil {
+					q.nextAt = maxTime(now, c.startedAt.Add(time.Duration(q.spec.InitialDelaySeconds)*time.Second))
+				}
+			}
+			c.ready = c.probes[readinessProbe] == nil
+		} else if p.failures >= failureThreshold {
+			w.killUnhealthy(c, p, "Startup probe failed: "+r.msg, now)
+		}
+	case livenessProbe:
+		if p.failures >= failureThreshold {
+			w.killUnhealthy(c, p, "Liveness probe failed: "+r.msg, now)
+		}
+	case readinessProbe:
+		if p.successes >= successThreshold {
+			c.ready = true
+		} else if p.failures >= failureThreshold {
+			c.ready = false
+		}
+	}
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// killUnhealthy stops a container whose liveness or startup probe failed; it restarts
+// according to the restart policy once it has exited.
+func (w *podWorker) killUnhealthy(c *containerState, p *probeState, reason string, now time.Time) {
+	if !c.killAt.IsZero() {
+		return
+	}
+	grace := w.terminationGrace()
+	if p.spec.TerminationGracePeriodSeconds != nil {
+		grace = time.Duration(*p.spec.TerminationGracePeriodSeconds) * time.Second
+	}
+	w.logger().Info("Killing unhealthy container", "container", c.spec.Name, "reason", reason, "grace", grace)
+	c.killReason = reason
+	c.killAt = now.Add(grace)
+	c.sigtermSent = true
+	w.signal(c, syscall.SIGTERM)
+}
+
+func (w *podWorker) terminationGrace() time.Duration {
+	if g := w.pod.Spec.TerminationGracePeriodSeconds; g != nil {
+		return time.Duration(*g) * time.Second
+	}
+	return defaultTerminationGrace
+}
+
+// beginTermination starts stopping every container: preStop hooks first, then SIGTERM,
+// SIGKILL at the end of the grace period.
+func (w *podWorker) beginTermination(ctx context.Context, now time.Time, gone bool) {
+	w.terminating = true
+	grace := w.terminationGrace()
+	if !gone && w.pod.DeletionGracePeriodSeconds != nil {
+		grace = time.Duration(*w.pod.DeletionGracePeriodSeconds) * time.Second
+	}
+	if ctx.Err() != nil && grace > w.agent.opts.ShutdownGracePeriod {
+		grace = w.agent.opts.ShutdownGracePeriod
+	}
+	w.killAt = now.Add(grace)
+	for _, c := range w.containers {
+		if c.proc == nil && c.terminated == nil && c.lastTerminated != nil {
+			// Waiting for a restart that will not come: it stays terminated.
+			c.terminated, c.waiting, c.lastTerminated = c.lastTerminated, nil, nil
+		}
+	}
+	w.logger().Info("Stopping pod", "grace", grace, "deletedFromAPI", gone, "shutdown", ctx.Err() != nil)
+	for i, c := range w.containers {
+		if c.proc == nil {
+			continue
+		}
+		if hook := c.spec.Lifecycle; hook != nil && hook.PreStop != nil && grace > 0 && ctx.Err() == nil {
+			c.preStopActive = true
+			w.runPreStop(ctx, i, hook.PreStop)
+		}
+	}
+}
+
+// runPreStop runs a sleep or httpGet preStop hook; exec hooks are not supported and end at once.
+func (w *podWorker) runPreStop(ctx context.Context, i int, h *v1.LifecycleHandler) {
+	c := w.containers[i]
+	podIP, container := w.ip.String(), c.spec.DeepCopy()
+	clk := w.agent.clock
+	go func() {
+		switch {
+		case h.Sleep != nil:
+			select {
+			case <-clk.After(time.Duration(h.Sleep.Seconds) * time.Second):
+			case <-w.done:
+			}
+		case h.HTTPGet != nil:
+			probe := &v1.Probe{ProbeHandler: v1.ProbeHandler{HTTPGet: h.HTTPGet}, TimeoutSeconds: int32(w.terminationGrace() / time.Second)}
+			w.agent.prober.probe(context.WithoutCancel(ctx), probe, podIP, container)
+		}
+		select {
+		case w.hooks <- i:
+		case <-w.done:
+		}
+	}()
+}
+
+func (w *podWorker) progressTermination(now time.Time) {
+	for _, c := range w.containers {
+		if c.proc == nil {
+			continue
+		}
+		if !now.Before(w.killAt) {
+			if !c.sigkillSent {
+				c.sigkillSent = true
+				w.signal(c, syscall.SIGKILL)
+			}
+			continue
+		}
+		if !c.preStopActive && !c.sigtermSent {
+			c.sigtermSent = true
+			w.signal(c, syscall.SIGTERM)
+		}
+	}
+}
+
+func (w *podWorker) anyRunning() bool {
+	for _, c := range w.containers {
+		if c.proc != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// finish tears down the pod's sandbox and, unless the agent is shutting down, writes the
+// final status and deletes the pod with grace period 0 as the kubelet does.
+func (w *podWorker) finish(ctx context.Context, gone bool) {
+	log := w.logger()
+	for _, c := range w.containers {
+		for _, r := range c.release {
+			r()
+		}
+		c.release = nil
+	}
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), teardownTimeout)
+	defer cancel()
+	if !w.pod.Spec.HostNetwork {
+		if err := w.agent.withNetworkSlot(tctx, func() error { return w.agent.network.teardown(tctx, string(w.uid)) }); err != nil {
+			log.Error(err, "Removing pod network failed")
+		}
+		if w.ip.IsValid() {
+			w.agent.ips.release(w.ip)
+		}
+	}
+	if err := os.RemoveAll(w.podDir); err != nil {
+		log.Error(err, "Removing pod directory failed")
+	}
+	w.sandboxReady = false
+	if gone || ctx.Err() != nil {
+		log.Info("Pod stopped")
+		return
+	}
+	w.writeStatus(ctx, w.agent.clock.Now())
+	for attempt := 0; attempt < finalizeAttempts; attempt++ {
+		err := w.agent.client.CoreV1().Pods(w.pod.Namespace).Delete(ctx, w.pod.Name, metav1.DeleteOptions{
+			GracePeriodSeconds: ptr.To[int64](0),
+			Preconditions:      &metav1.Preconditions{UID: &w.uid},
+		})
+		if err == nil || apierrors.IsNotFound(err) || apierrors.IsConflict(err) {
+			w.finalized = true
+			log.Info("Pod deleted")
+			return
+		}
+		log.Error(err, "Finalising pod deletion failed", "attempt", attempt+1)
+		select {
+		case <-ctx.Done():
+			return
+		case <-w.agent.clock.After(time.Second):
+		}
+	}
+}
+
+// currentStatus computes the pod status from the worker's state.
+func (w *podWorker) currentStatus(now time.Time) v1.PodStatus {
+	statuses := make([]v1.ContainerStatus, 0, len(w.containers))
+	for _, c := range w.containers {
+		s := c.status()
+		if s.State.Waiting != nil && s.State.Waiting.Reason == "ContainerCreating" && w.setupErr != nil {
+			s.State.Waiting.Message = w.setupErr.Error()
+		}
+		statuses = append(statuses, s)
+	}
+	in := statusInput{
+		now:          now,
+		hostIP:       w.agent.opts.NodeIP,
+		startTime:    w.startTime,
+		sandboxReady: w.sandboxReady,
+		containers:   statuses,
+	}
+	if w.ip.IsValid() && w.sandboxReady {
+		in.podIP = w.ip.String()
+	}
+	pod := w.pod
+	if w.terminating && !w.anyRunning() {
+		// A pod that has stopped for deletion ends in a terminal phase.
+		pod = pod.DeepCopy()
+		pod.Spec.RestartPolicy = v1.RestartPolicyNever
+	}
+	st := buildPodStatus(pod, in)
+	if !w.sandboxReady && w.terminating {
+		st.PodIP, st.PodIPs = w.pod.Status.PodIP, w.pod.Status.PodIPs
+	}
+	st.ObservedGeneration = w.pod.Generation
+	return st
+}
+
+// writeStatus sends the status to the API when it changed.
+func (w *podWorker) writeStatus(ctx context.Context, now time.Time) {
+	if now.Before(w.statusRetryAt) {
+		return
+	}
+	st := w.currentStatus(now)
+	if w.lastStatus != nil && apiequality.Semantic.DeepEqual(*w.lastStatus, st) {
+		return
+	}
+	pods := w.agent.client.CoreV1().Pods(w.pod.Namespace)
+	pod := w.pod.DeepCopy()
+	pod.Status = st
+	_, err := pods.UpdateStatus(ctx, pod, metav1.UpdateOptions{})
+	if apierrors.IsConflict(err) {
+		var fresh *v1.Pod
+		fresh, err = pods.Get(ctx, w.pod.Name, metav1.GetOptions{})
+		if err == nil && fresh.UID == w.uid {
+			fresh.Status = st
+			_, err = pods.UpdateStatus(ctx, fresh, metav1.UpdateOptions{})
+		}
+	}
+	if err != nil {
+		if apierrors.IsNotFound(err) {
+			w.statusRetryAt = now.Add(maxWorkerWait)
+			return
+		}
+		if ctx.Err() == nil {
+			w.logger().Error(err, "Updating pod status failed")
+		}
+		w.statusRetryAt = now.Add(time.Second)
+		return
+	}
+	w.statusRetryAt = time.Time{}
+	w.lastStatus = &st
+}
