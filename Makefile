@@ -35,9 +35,39 @@ update-gofmt:
 vet:
 	$(GO) vet ./...
 
+## bench-echo: benchmark cmd/echo against a Node.js ws echo server side by side (docs/benchmarks.md).
+.PHONY: bench-echo
+bench-echo:
+	hack/bench-echo.sh
+
 ## echo-run: run the reference WebSocket server locally on :8080 (metrics on :9090).
 echo-run: build
 	$(BIN)/echo
 
 clean:
 	rm -rf $(BIN)
+
+# --- local cluster (hack/localcluster) -------------------------------------------------
+# The pinned control plane is built into .local/bin (git-ignored) and rebuilt only when
+# the pins in hack/tools change. The cluster needs root (it creates namespaces).
+LOCAL := .local
+
+.PHONY: tools cluster-up cluster-down
+
+## tools: build the pinned kube-apiserver, kube-controller-manager, kube-scheduler, etcd and helm into .local/bin.
+tools:
+	hack/build-tools.sh
+
+## cluster-up: start the local cluster in the background; returns once it is ready (kubeconfig: .local/kubeconfig).
+cluster-up: tools
+	$(GO) build -o $(LOCAL)/bin/localcluster ./hack/cmd/localcluster
+	@if [ -n "$$($(GO) list ./cmd/... 2>/dev/null)" ]; then echo "$(GO) build -o $(LOCAL)/bin/ ./cmd/..."; $(GO) build -o $(LOCAL)/bin/ ./cmd/...; fi
+	$(LOCAL)/bin/localcluster up --detach --bin-dir $(LOCAL)/bin --kubeconfig $(LOCAL)/kubeconfig \
+		--pid-file $(LOCAL)/cluster.pid --log-file $(LOCAL)/cluster.log
+
+## cluster-down: stop the local cluster started by cluster-up and wait until nothing of it is left.
+cluster-down:
+	@$(GO) build -o $(LOCAL)/bin/localcluster ./hack/cmd/localcluster || echo "(using the previously built localcluster)"
+	@if [ -x $(LOCAL)/bin/localcluster ]; then $(LOCAL)/bin/localcluster down --pid-file $(LOCAL)/cluster.pid --kubeconfig $(LOCAL)/kubeconfig; \
+	else echo "No local cluster binary ($(LOCAL)/bin/localcluster); nothing to stop."; fi
+# --- end of local cluster ---------------------------------------------------------------

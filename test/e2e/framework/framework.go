@@ -1,0 +1,150 @@
+// Package framework gives end-to-end tests a running local cluster: one per test
+// binary, started on first use and shared by every test of the package.
+//
+// A package that uses it calls Main from its TestMain:
+//
+//	func TestMain(m *testing.M) { framework.Main(m) }
+//
+//	func TestSomething(t *testing.T) {
+//		c := framework.Cluster(t)
+//		client := c.Client()
+//		...
+//	}
+//
+// The cluster needs root. The pinned control plane is built with hack/build-tools.sh
+// (a no-op when it is current) and the project's binaries with `go build ./cmd/...`,
+// both into <repo>/.local/bin, before the cluster starts; a failure fails the test
+// with the reason, it never skips.
+package framework
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/wsscale/wsscale/hack/localcluster"
+)
+
+// modulePath identifies the repository root's go.mod.
+const modulePath = "github.com/wsscale/wsscale"
+
+var (
+	mainCalled bool
+	configure  []func(*localcluster.Options)
+
+	startOnce sync.Once
+	shared    *localcluster.Cluster
+	startErr  error
+)
+
+// Main runs the package's tests and then stops the shared cluster, if one was
+// started, so that nothing of it is left behind. Options functions adjust the
+// cluster's options (for example the HPA periods) before it starts.
+func Main(m *testing.M, opts ...func(*localcluster.Options)) {
+	mainCalled = true
+	configure = opts
+	code := m.Run()
+	if shared != nil {
+		if err := shared.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "framework: stop local cluster: %v\n", err)
+			if code == 0 {
+				code = 1
+			}
+		}
+	}
+	os.Exit(code)
+}
+
+// Cluster returns the shared cluster, starting it on first use. It fails t when
+// the cluster cannot start.
+func Cluster(t testing.TB) *localcluster.Cluster {
+	t.Helper()
+	if !mainCalled {
+		t.Fatal("framework.Cluster needs `func TestMain(m *testing.M) { framework.Main(m) }` in the test package; Main stops the cluster after the tests")
+	}
+	startOnce.Do(func() { shared, startErr = start() })
+	if startErr != nil {
+		t.Fatalf("local cluster: %v", startErr)
+	}
+	select {
+	case <-shared.Done():
+		t.Fatalf("local cluster is not running any more: %v", shared.Err())
+	default:
+	}
+	return shared
+}
+
+func start() (*localcluster.Cluster, error) {
+	root, err := RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	if err := EnsureBinaries(root); err != nil {
+		return nil, err
+	}
+	o := localcluster.NewOptions()
+	o.BinDir = filepath.Join(root, ".local", "bin")
+	o.APIPort = 0 // never collide with a cluster started by `make cluster-up`
+	for _, f := range configure {
+		f(o)
+	}
+	return localcluster.Start(context.Background(), o)
+}
+
+// RepoRoot finds the repository root: the nearest directory upwards from the working
+// directory whose go.mod declares the project's module.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		data, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+		if err == nil && bytes.HasPrefix(bytes.TrimSpace(data), []byte("module "+modulePath+"\n")) {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("repository root (go.mod of " + modulePath + ") not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+// EnsureBinaries builds what the cluster runs into <root>/.local/bin: the pinned
+// components through hack/build-tools.sh, which does nothing when they are current
+// (a cold build takes minutes), and the project's commands.
+func EnsureBinaries(root string) error {
+	var out bytes.Buffer
+	tools := exec.Command(filepath.Join(root, "hack", "build-tools.sh"))
+	tools.Dir = root
+	tools.Stdout, tools.Stderr = &out, &out
+	if err := tools.Run(); err != nil {
+		return fmt.Errorf("build pinned components (hack/build-tools.sh): %w\n%s", err, out.String())
+	}
+	out.Reset()
+	list := exec.Command("go", "list", "./cmd/...")
+	list.Dir = root
+	list.Stderr = &out
+	pkgs, err := list.Output()
+	if err != nil {
+		return fmt.Errorf("go list ./cmd/...: %w\n%s", err, out.String())
+	}
+	if strings.TrimSpace(string(pkgs)) == "" {
+		return nil
+	}
+	build := exec.Command("go", "build", "-o", filepath.Join(root, ".local", "bin")+string(filepath.Separator), "./cmd/...")
+	build.Dir = root
+	build.Stdout, build.Stderr = &out, &out
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("go build ./cmd/...: %w\n%s", err, out.String())
+	}
+	return nil
+}
