@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the pinned local-cluster components (kube-apiserver, kube-controller-manager,
-# kube-scheduler, etcd, helm) from the modules under hack/tools into .local/bin.
+# kube-scheduler, kubectl, etcd, helm) from the modules under hack/tools into .local/bin.
 #
 # The build is keyed by a stamp: a hash of the pinning files, the Go version and the
 # build flags. A second run with the same pin prints that the tools are up to date and
@@ -15,7 +15,7 @@ cd "${root}"
 go="${GO:-go}"
 out=".local/bin"
 stamp_file="${out}/.tools-stamp"
-binaries=(kube-apiserver kube-controller-manager kube-scheduler etcd helm)
+binaries=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd helm)
 
 force=0
 if [[ "${1:-}" == "-f" ]]; then
@@ -74,11 +74,12 @@ rm -f "${stamp_file}"
 
 export CGO_ENABLED=0
 start=${SECONDS}
-echo "building kube-apiserver, kube-controller-manager, kube-scheduler ${k8s_version}"
+echo "building kube-apiserver, kube-controller-manager, kube-scheduler, kubectl ${k8s_version}"
 (cd hack/tools && "${go}" build "${build_flags[@]}" -ldflags="${k8s_ldflags}" -o "${staging}/" \
 	k8s.io/kubernetes/cmd/kube-apiserver \
 	k8s.io/kubernetes/cmd/kube-controller-manager \
-	k8s.io/kubernetes/cmd/kube-scheduler)
+	k8s.io/kubernetes/cmd/kube-scheduler \
+	k8s.io/kubernetes/cmd/kubectl)
 echo "building etcd"
 (cd hack/tools/etcd && "${go}" build "${build_flags[@]}" -ldflags="-s -w" -o "${staging}/etcd" .)
 echo "building helm ${helm_version}"

@@ -14,8 +14,7 @@ kubeconfig=.local/kubeconfig
 
 make --no-print-directory cluster-up
 go build -o bin/ ./cmd/echo
-kubectl=.local/bin/kubectl
-[[ -x $kubectl ]] || kubectl=kubectl
+kubectl=.local/bin/kubectl # pinned with the control plane, built by cluster-up
 k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
 echo "== the echo server: a Deployment of 3 pods behind a NodePort Service"
