@@ -156,8 +156,10 @@ func childCPU(pid int) time.Duration {
 // is short enough that targets are always due, so the scraper runs flat out;
 // scrapes/cpu-s counts only this process (the fake pods are other
 // processes, reported as pods-cores), and B/pod is the scraper's heap and
-// stack in use per pod once every pod has been scraped: with keep-alive it
-// is dominated by the idle connections (two goroutines and buffers each).
+// stack in use per pod once every pod has been scraped. transport=keepalive
+// is the default KeepAliveTransport; transport=net-http is net/http's
+// keep-alive transport (two goroutines per idle connection) for comparison;
+// transport=no-keepalive opens a connection per scrape.
 func BenchmarkScrape10kPods(b *testing.B) {
 	// Keep the scraper's start and stop lines out of the results.
 	klog.LogToStderr(false)
@@ -197,21 +199,27 @@ func BenchmarkScrape10kPods(b *testing.B) {
 
 	for _, bc := range []struct {
 		concurrency int
-		keepAlive   bool
+		transport   string
 	}{
-		{concurrency: DefaultConcurrency, keepAlive: true},
-		{concurrency: 128, keepAlive: true},
-		{concurrency: DefaultConcurrency, keepAlive: false},
+		{concurrency: DefaultConcurrency, transport: "keepalive"},
+		{concurrency: DefaultConcurrency, transport: "net-http"},
+		{concurrency: DefaultConcurrency, transport: "no-keepalive"},
+		{concurrency: 128, transport: "keepalive"},
 	} {
 		concurrency := bc.concurrency
-		b.Run(fmt.Sprintf("concurrency=%d/keepalive=%v", concurrency, bc.keepAlive), func(b *testing.B) {
+		b.Run(fmt.Sprintf("concurrency=%d/transport=%s", concurrency, bc.transport), func(b *testing.B) {
 			base := memInUse()
 			sink := &countingSink{reached: make(chan struct{}, 1)}
 			cfg := NewConfig(activeSeries, maxSeries)
 			cfg.Interval = 250 * time.Millisecond // 40,000 scrapes/s asked for
 			cfg.Timeout = cfg.Interval
 			cfg.Concurrency = concurrency
-			cfg.DisableKeepAlives = !bc.keepAlive
+			switch bc.transport {
+			case "net-http":
+				cfg.Transport = NewTransport(cfg)
+			case "no-keepalive":
+				cfg.DisableKeepAlives = true
+			}
 			s, err := New(cfg, sink)
 			if err != nil {
 				b.Fatal(err)

@@ -34,6 +34,7 @@ type KeepAliveTransport struct {
 	idle      map[string]*idleConn
 	lastSweep time.Time
 	readers   sync.Pool // *bufio.Reader
+	writers   sync.Pool // *bufio.Writer
 }
 
 var _ http.RoundTripper = (*KeepAliveTransport)(nil)
@@ -99,7 +100,7 @@ func (t *KeepAliveTransport) exchange(req *http.Request, addr string, conn net.C
 		}
 		return nil, err, sent
 	}
-	if err := req.Write(conn); err != nil {
+	if err := t.writeRequest(req, conn); err != nil {
 		return fail(err, false)
 	}
 	limited := &headerLimit{r: conn, left: t.MaxHeaderBytes}
@@ -122,6 +123,22 @@ func (t *KeepAliveTransport) exchange(req *http.Request, addr string, conn net.C
 	resp.Body = &keepAliveBody{t: t, addr: addr, conn: conn, br: br, body: resp.Body,
 		reuse: !resp.Close, stop: stop}
 	return resp, nil, true
+}
+
+// writeRequest sends req in one write through a pooled buffer (Request.Write would allocate one).
+func (t *KeepAliveTransport) writeRequest(req *http.Request, conn net.Conn) error {
+	bw, ok := t.writers.Get().(*bufio.Writer)
+	if !ok {
+		bw = bufio.NewWriterSize(conn, 512)
+	}
+	bw.Reset(conn)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	t.writers.Put(bw)
+	return err
 }
 
 func isStale(err error) bool {
