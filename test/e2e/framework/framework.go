@@ -27,6 +27,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/wsscale/wsscale/hack/localcluster"
@@ -120,8 +121,15 @@ func RepoRoot() (string, error) {
 
 // EnsureBinaries builds what the cluster runs into <root>/.local/bin: the pinned
 // components through hack/build-tools.sh, which does nothing when they are current
-// (a cold build takes minutes), and the project's commands.
+// (a cold build takes minutes), and the project's commands. Test binaries of several
+// packages run at once; a file lock makes them build one after the other, so that a
+// cold machine builds the pinned components once, not once per package.
 func EnsureBinaries(root string) error {
+	unlock, err := lockFile(filepath.Join(root, ".local", "binaries.lock"))
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	var out bytes.Buffer
 	tools := exec.Command(filepath.Join(root, "hack", "build-tools.sh"))
 	tools.Dir = root
@@ -147,4 +155,24 @@ func EnsureBinaries(root string) error {
 		return fmt.Errorf("go build ./cmd/...: %w\n%s", err, out.String())
 	}
 	return nil
+}
+
+// lockFile takes an exclusive lock on path, creating it, and returns the function that
+// releases it.
+func lockFile(path string) (func(), error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open build lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("take build lock %s: %w", path, err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		_ = f.Close()
+	}, nil
 }
