@@ -1,0 +1,244 @@
+package provider
+
+import (
+	"context"
+	"reflect"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes/fake"
+	testingclock "k8s.io/utils/clock/testing"
+
+	"github.com/wsscale/wsscale/pkg/provider/scrape"
+)
+
+func TestSelected(t *testing.T) {
+	echo := labels.SelectorFromSet(labels.Set{"app": "echo"})
+	tests := []struct {
+		name string
+		sel  Selection
+		pod  *corev1.Pod
+		want bool
+	}{
+		{name: "annotated running pod", sel: Selection{RequireAnnotation: true}, pod: newPod("ns", "a"), want: true},
+		{name: "pending", sel: Selection{RequireAnnotation: true}, pod: newPod("ns", "a", withPhase(corev1.PodPending)), want: false},
+		{name: "succeeded", sel: Selection{}, pod: newPod("ns", "a", withPhase(corev1.PodSucceeded)), want: false},
+		{name: "no IP", sel: Selection{}, pod: newPod("ns", "a", withIP("")), want: false},
+		{name: "terminating", sel: Selection{}, pod: newPod("ns", "a", terminating()), want: false},
+		{name: "annotation required, absent", sel: Selection{RequireAnnotation: true}, pod: newPod("ns", "a", withAnnotations()), want: false},
+		{name: "annotation required, false", sel: Selection{RequireAnnotation: true}, pod: newPod("ns", "a", withAnnotations(ScrapeAnnotation, "false")), want: false},
+		{name: "annotation not required", sel: Selection{}, pod: newPod("ns", "a", withAnnotations()), want: true},
+		{name: "selector matches", sel: Selection{Selector: echo}, pod: newPod("ns", "a"), want: true},
+		{name: "selector does not match", sel: Selection{Selector: echo}, pod: newPod("ns", "a", withLabels("app", "web")), want: false},
+		{name: "selector and annotation", sel: Selection{Selector: echo, RequireAnnotation: true}, pod: newPod("ns", "a", withAnnotations()), want: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.sel.Selected(tt.pod); got != tt.want {
+				t.Errorf("Selected = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func withPorts(ports ...corev1.ContainerPort) podOpt {
+	return func(p *corev1.Pod) {
+		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: ports}}
+	}
+}
+
+func TestTarget(t *testing.T) {
+	sel := &Selection{PortName: "metrics"}
+	tests := []struct {
+		name    string
+		pod     *corev1.Pod
+		want    string
+		wantErr bool
+	}{
+		{name: "port annotation", pod: newPod("ns", "a"), want: "http://198.18.0.10:9090/metrics"},
+		{name: "path annotation", pod: newPod("ns", "a", withAnnotations(PortAnnotation, "8080", PathAnnotation, "stats")), want: "http://198.18.0.10:8080/stats"},
+		{name: "named port", pod: newPod("ns", "a", withAnnotations(), withPorts(corev1.ContainerPort{Name: "ws", ContainerPort: 8080}, corev1.ContainerPort{Name: "metrics", ContainerPort: 9100})), want: "http://198.18.0.10:9100/metrics"},
+		{name: "IPv6", pod: newPod("ns", "a", withIP("fd00::7")), want: "http://[fd00::7]:9090/metrics"},
+		{name: "bad port annotation", pod: newPod("ns", "a", withAnnotations(PortAnnotation, "http")), wantErr: true},
+		{name: "port out of range", pod: newPod("ns", "a", withAnnotations(PortAnnotation, "70000")), wantErr: true},
+		{name: "no port", pod: newPod("ns", "a", withAnnotations(), withPorts(corev1.ContainerPort{Name: "ws", ContainerPort: 8080})), wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := sel.Target(tt.pod)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			if err == nil && (got.URL != tt.want || got.Key != (scrape.PodKey{Namespace: "ns", Name: "a"})) {
+				t.Errorf("Target = %+v, want URL %s", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestStripPod(t *testing.T) {
+	sel := &Selection{PortName: "metrics"}
+	full := newPod("ns", "a", ownedBy("ReplicaSet", "rs"),
+		withAnnotations(ScrapeAnnotation, "true", PathAnnotation, "/m", "kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+		withPorts(corev1.ContainerPort{Name: "ws", ContainerPort: 8080}, corev1.ContainerPort{Name: "metrics", ContainerPort: 9090}))
+	full.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+	full.Spec.Containers[0].Image = "wsscale/echo"
+	full.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "A", Value: "b"}}
+	full.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady}}
+	full.Spec.NodeName = "node-1"
+
+	obj, err := sel.StripPod(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := obj.(*corev1.Pod)
+	want := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: "ns", Name: "a", UID: full.UID, Labels: full.Labels,
+			Annotations:     map[string]string{ScrapeAnnotation: "true", PathAnnotation: "/m"},
+			OwnerReferences: full.OwnerReferences,
+		},
+		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.10"},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("StripPod =\n%+v\nwant\n%+v", got, want)
+	}
+	// What the adapter decides from the stripped pod is what it decides
+	// from the full one.
+	if sel.Selected(got) != sel.Selected(full) {
+		t.Error("selection differs after stripping")
+	}
+	t1, err1 := sel.Target(got)
+	t2, err2 := sel.Target(full)
+	if t1 != t2 || (err1 == nil) != (err2 == nil) {
+		t.Errorf("target differs after stripping: %v %v / %v %v", t1, err1, t2, err2)
+	}
+	if other, _ := sel.StripPod("not a pod"); other != "not a pod" {
+		t.Error("non-pods must pass through")
+	}
+	rs, _ := StripReplicaSet(newReplicaSet("ns", "rs", "echo"))
+	if len(rs.(interface {
+		GetOwnerReferences() []metav1.OwnerReference
+	}).GetOwnerReferences()) != 1 {
+		t.Error("ReplicaSet lost its owner")
+	}
+}
+
+// fakeTargets records the scraper's targets.
+type fakeTargets struct {
+	mu      sync.Mutex
+	targets map[scrape.PodKey]string
+	events  chan string
+}
+
+func newFakeTargets() *fakeTargets {
+	return &fakeTargets{targets: map[scrape.PodKey]string{}, events: make(chan string, 100)}
+}
+
+func (f *fakeTargets) Set(t scrape.Target) error {
+	f.mu.Lock()
+	f.targets[t.Key] = t.URL
+	f.mu.Unlock()
+	f.events <- "set " + t.Key.String()
+	return nil
+}
+
+func (f *fakeTargets) Remove(k scrape.PodKey) {
+	f.mu.Lock()
+	delete(f.targets, k)
+	f.mu.Unlock()
+	f.events <- "remove " + k.String()
+}
+
+func (f *fakeTargets) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case e := <-f.events:
+		return e
+	case <-time.After(10 * time.Second):
+		t.Fatal("no scraper event within 10s")
+		return ""
+	}
+}
+
+// TestPodTrackerWithInformer drives the tracker through a fake clientset and
+// the real (stripping) informers.
+func TestPodTrackerWithInformer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	client := fake.NewClientset(
+		newPod("ns", "a"),
+		newPod("ns", "pending", withPhase(corev1.PodPending), withIP("")),
+		newPod("ns", "web", withLabels("app", "web")),
+	)
+	sel := &Selection{Selector: labels.SelectorFromSet(labels.Set{"app": "echo"}), RequireAnnotation: true, PortName: "metrics"}
+	inf := NewInformers(client, "", sel)
+	targets := newFakeTargets()
+	store := NewStore(DefaultMetrics(), time.Minute, testingclock.NewFakePassiveClock(time.Now()), nil)
+	tracker := NewPodTracker(sel, targets, store)
+	if err := inf.AddPodHandler(tracker); err != nil {
+		t.Fatal(err)
+	}
+	inf.Start(ctx)
+	defer func() { cancel(); inf.Shutdown() }()
+	if err := inf.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if e := targets.next(t); e != "set ns/a" {
+		t.Fatalf("event %q, want set ns/a", e)
+	}
+	if tracker.Tracked() != 1 || store.Stats().Pending != 1 {
+		t.Fatalf("tracked %d, store %+v", tracker.Tracked(), store.Stats())
+	}
+	// The cache holds stripped pods.
+	cached, err := inf.Pods().Pods("ns").Get("a")
+	if err != nil || cached.Spec.Containers != nil || cached.ManagedFields != nil {
+		t.Fatalf("cached pod %+v, %v", cached, err)
+	}
+
+	pods := client.CoreV1().Pods("ns")
+	// A pod that starts running is scraped.
+	running := newPod("ns", "pending")
+	if _, err := pods.UpdateStatus(ctx, running, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if e := targets.next(t); e != "set ns/pending" {
+		t.Fatalf("event %q, want set ns/pending", e)
+	}
+	// A terminating pod drops out at once.
+	term := newPod("ns", "a", terminating())
+	if _, err := pods.Update(ctx, term, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if e := targets.next(t); e != "remove ns/a" {
+		t.Fatalf("event %q, want remove ns/a", e)
+	}
+	// A deleted pod drops out.
+	if err := pods.Delete(ctx, "pending", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if e := targets.next(t); e != "remove ns/pending" {
+		t.Fatalf("event %q, want remove ns/pending", e)
+	}
+	if tracker.Tracked() != 0 || store.Stats().Tracked != 0 {
+		t.Errorf("tracked %d, store %+v after removals", tracker.Tracked(), store.Stats())
+	}
+	// A pod that loses the annotation drops out; one that gains it is added.
+	if _, err := pods.Create(ctx, newPod("ns", "b"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if e := targets.next(t); e != "set ns/b" {
+		t.Fatalf("event %q, want set ns/b", e)
+	}
+	if _, err := pods.Update(ctx, newPod("ns", "b", withAnnotations()), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if e := targets.next(t); e != "remove ns/b" {
+		t.Fatalf("event %q, want remove ns/b", e)
+	}
+}

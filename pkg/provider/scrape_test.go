@@ -1,0 +1,157 @@
+package provider
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	testingclock "k8s.io/utils/clock/testing"
+
+	"github.com/wsscale/wsscale/pkg/provider/scrape"
+)
+
+// signallingSink passes scrapes to the Store and signals each one.
+type signallingSink struct {
+	*Store
+	done chan scrape.PodKey
+}
+
+func (s *signallingSink) Observe(k scrape.PodKey, v scrape.Sample) {
+	s.Store.Observe(k, v)
+	s.done <- k
+}
+
+func (s *signallingSink) Fail(k scrape.PodKey, f scrape.Failure) {
+	s.Store.Fail(k, f)
+	s.done <- k
+}
+
+// TestScrapedPodsThroughTheAPI runs pods as httptest servers, the real
+// scraper on a fake clock, the Store and the Provider: good pods are served
+// with their values, bad ones are absent (never 0), and a change is visible
+// after the next scrape.
+func TestScrapedPodsThroughTheAPI(t *testing.T) {
+	var mu sync.Mutex
+	active := map[string]string{}
+	bodies := map[string]func(w http.ResponseWriter){
+		"good-1": nil, "good-2": nil,
+		"http-500": func(w http.ResponseWriter) { w.WriteHeader(http.StatusInternalServerError) },
+		"html":     func(w http.ResponseWriter) { fmt.Fprint(w, "<html><body>hello</body></html>") },
+		"nan":      func(w http.ResponseWriter) { fmt.Fprint(w, "websocket_connections_active NaN\n") },
+		"negative": func(w http.ResponseWriter) { fmt.Fprint(w, "websocket_connections_active -3\n") },
+		"fraction": func(w http.ResponseWriter) { fmt.Fprint(w, "websocket_connections_active 2.5\n") },
+		"duplicate": func(w http.ResponseWriter) {
+			fmt.Fprint(w, "websocket_connections_active{a=\"1\"} 1\nwebsocket_connections_active{a=\"2\"} 2\n")
+		},
+		"missing": func(w http.ResponseWriter) { fmt.Fprint(w, "other_metric 1\n") },
+	}
+	var pods []*corev1.Pod
+	for name, bad := range bodies {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			if bad != nil {
+				bad(w)
+				return
+			}
+			mu.Lock()
+			v := active[name]
+			mu.Unlock()
+			fmt.Fprintf(w, "# TYPE websocket_connections_active gauge\nwebsocket_connections_active %s\nwebsocket_connections_max 100\n", v)
+		}))
+		t.Cleanup(srv.Close)
+		host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+		pods = append(pods, newPod("ns", name, withIP(host), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, port)))
+	}
+	// One pod with nothing listening on its port.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	pods = append(pods, newPod("ns", "wrong-port", withIP("127.0.0.1"), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, closedPort)))
+	active["good-1"], active["good-2"] = "3", "0"
+
+	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	clk := testingclock.NewFakeClock(start)
+	const interval = 5 * time.Second
+	metrics := DefaultMetrics()
+	store := NewStore(metrics, 2*interval, clk, nil)
+	sink := &signallingSink{Store: store, done: make(chan scrape.PodKey, 100)}
+	cfg := scrape.NewConfig(ScrapeSeries(metrics)...)
+	cfg.Interval, cfg.Timeout, cfg.Clock, cfg.Concurrency = interval, 2*time.Second, clk, 4
+	scraper, err := scrape.New(cfg, sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := &Selection{RequireAnnotation: true, PortName: DefaultMetricsPortName}
+	tracker := NewPodTracker(sel, scraper, store)
+	for _, p := range pods {
+		tracker.OnAdd(p, true)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { _ = scraper.Run(ctx); close(runDone) }()
+	defer func() { cancel(); <-runDone }()
+
+	prov, err := New(Config{Metrics: metrics, Pods: podLister(t, pods...), ReplicaSets: rsLister(t), Selection: sel, Source: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// scrapeAll advances the clock by one interval and waits for one scrape
+	// of every pod.
+	scrapeAll := func() {
+		t.Helper()
+		clk.Step(interval)
+		seen := map[scrape.PodKey]bool{}
+		deadline := time.After(20 * time.Second)
+		for len(seen) < len(pods) {
+			select {
+			case k := <-sink.done:
+				seen[k] = true
+			case <-deadline:
+				t.Fatalf("only %d of %d pods scraped", len(seen), len(pods))
+			}
+		}
+	}
+	get := func() map[string]string {
+		t.Helper()
+		list, err := prov.GetMetricBySelector(context.Background(), "ns", labels.Everything(), podInfo(ConnectionsMetric), labels.Everything())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return podNames(list)
+	}
+
+	scrapeAll()
+	if got := get(); len(got) != 2 || got["ns/good-1"] != "3" || got["ns/good-2"] != "0" {
+		t.Fatalf("after first scrape: %v, want only good-1=3 and good-2=0", got)
+	}
+	st := store.Stats()
+	if st.Fresh != 2 || st.Failed != len(pods)-2 {
+		t.Errorf("stats %+v", st)
+	}
+
+	mu.Lock()
+	active["good-1"] = "42"
+	mu.Unlock()
+	scrapeAll()
+	if got := get(); got["ns/good-1"] != "42" {
+		t.Fatalf("after change: %v, want good-1=42", got)
+	}
+
+	// Without scrapes the values go stale and are no longer served.
+	cancel()
+	<-runDone
+	clk.Step(2*interval + time.Second)
+	if got := get(); len(got) != 0 {
+		t.Fatalf("stale values served: %v", got)
+	}
+}

@@ -1,0 +1,187 @@
+package provider
+
+import (
+	"context"
+	"math"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+
+	"github.com/wsscale/wsscale/pkg/provider/scrape"
+)
+
+// Point is the value of one metric of one pod.
+type Point struct {
+	// Value is the metric's value; meaningful only when OK.
+	Value float64
+	// Time is when the value was observed.
+	Time time.Time
+	// OK is false when the pod has no fresh value.
+	OK bool
+}
+
+// Source gives the latest fresh values of a served metric. The scraping
+// Store and the Prometheus source implement it.
+type Source interface {
+	// Lookup returns the value of metric (an index into the served metrics)
+	// for each named pod of namespace, in the same order. A pod without a
+	// fresh value gets a Point with OK false, never a zero value.
+	Lookup(ctx context.Context, metric int, namespace string, pods []string) ([]Point, error)
+}
+
+// ScrapeObserver is told about every scrape, for the adapter's own metrics.
+type ScrapeObserver interface {
+	// ObserveScrape records a scrape; reason is "" for a successful one.
+	ObserveScrape(duration time.Duration, reason scrape.Reason)
+}
+
+// Store keeps the latest values of every tracked pod, as computed from its
+// last scrape. It is the scraper's Sink and the provider's Source.
+type Store struct {
+	plan       seriesPlan
+	staleAfter time.Duration
+	clock      clock.PassiveClock
+	observer   ScrapeObserver
+
+	mu   sync.RWMutex
+	pods map[scrape.PodKey]*podValues
+}
+
+// podValues are the values of one pod. values is nil until the first
+// successful scrape and again after a failed one: a failure leaves no
+// value, not the previous one and not 0.
+type podValues struct {
+	time   time.Time
+	values []float64 // per metric; NaN when the pod has no value for it
+}
+
+var (
+	_ scrape.Sink = (*Store)(nil)
+	_ Source      = (*Store)(nil)
+)
+
+// NewStore returns a Store for metrics whose values are served while they
+// are at most staleAfter old. observer may be nil.
+func NewStore(metrics []Metric, staleAfter time.Duration, clk clock.PassiveClock, observer ScrapeObserver) *Store {
+	if clk == nil {
+		clk = clock.RealClock{}
+	}
+	return &Store{
+		plan:       newSeriesPlan(metrics),
+		staleAfter: staleAfter,
+		clock:      clk,
+		observer:   observer,
+		pods:       map[scrape.PodKey]*podValues{},
+	}
+}
+
+// Add starts tracking a pod; it has no value until it is scraped.
+func (s *Store) Add(key scrape.PodKey) {
+	s.mu.Lock()
+	if _, ok := s.pods[key]; !ok {
+		s.pods[key] = &podValues{}
+	}
+	s.mu.Unlock()
+}
+
+// Delete forgets a pod.
+func (s *Store) Delete(key scrape.PodKey) {
+	s.mu.Lock()
+	delete(s.pods, key)
+	s.mu.Unlock()
+}
+
+// Observe records a successful scrape of a tracked pod.
+func (s *Store) Observe(key scrape.PodKey, sample scrape.Sample) {
+	if s.observer != nil {
+		s.observer.ObserveScrape(sample.Duration, "")
+	}
+	values := make([]float64, len(s.plan.numerator))
+	for m, n := range s.plan.numerator {
+		v := math.NaN()
+		if num := sample.Values[n]; num.Present {
+			v = num.Value
+			if d := s.plan.divisor[m]; d >= 0 {
+				div := sample.Values[d]
+				if div.Present && div.Value != 0 {
+					v /= div.Value
+				} else {
+					v = math.NaN()
+				}
+			}
+		}
+		values[m] = v
+	}
+	s.mu.Lock()
+	if p, ok := s.pods[key]; ok {
+		p.time, p.values = sample.Time, values
+	}
+	s.mu.Unlock()
+}
+
+// Fail records a failed scrape: the pod has no value until the next
+// successful one.
+func (s *Store) Fail(key scrape.PodKey, failure scrape.Failure) {
+	if s.observer != nil {
+		s.observer.ObserveScrape(failure.Duration, failure.Reason)
+	}
+	s.mu.Lock()
+	if p, ok := s.pods[key]; ok {
+		p.time, p.values = failure.Time, nil
+	}
+	s.mu.Unlock()
+}
+
+// Lookup implements Source.
+func (s *Store) Lookup(_ context.Context, metric int, namespace string, pods []string) ([]Point, error) {
+	out := make([]Point, len(pods))
+	oldest := s.clock.Now().Add(-s.staleAfter)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for i, name := range pods {
+		p, ok := s.pods[scrape.PodKey{Namespace: namespace, Name: name}]
+		if !ok || p.values == nil || p.time.Before(oldest) {
+			continue
+		}
+		if v := p.values[metric]; !math.IsNaN(v) {
+			out[i] = Point{Value: v, Time: p.time, OK: true}
+		}
+	}
+	return out, nil
+}
+
+// StoreStats counts the tracked pods by the state of their values.
+type StoreStats struct {
+	// Tracked is the number of tracked pods.
+	Tracked int
+	// Fresh have a value from a scrape at most staleAfter ago.
+	Fresh int
+	// Stale have a value that is too old to be served.
+	Stale int
+	// Failed had their last scrape fail.
+	Failed int
+	// Pending were never scraped yet.
+	Pending int
+}
+
+// Stats counts the pods by state, for the adapter's own metrics.
+func (s *Store) Stats() StoreStats {
+	oldest := s.clock.Now().Add(-s.staleAfter)
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	st := StoreStats{Tracked: len(s.pods)}
+	for _, p := range s.pods {
+		switch {
+		case p.time.IsZero():
+			st.Pending++
+		case p.values == nil:
+			st.Failed++
+		case p.time.Before(oldest):
+			st.Stale++
+		default:
+			st.Fresh++
+		}
+	}
+	return st
+}
