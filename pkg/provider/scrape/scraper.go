@@ -65,7 +65,7 @@ type target struct {
 	key PodKey
 	url string
 	u   *url.URL // parsed url; shared by every scrape, never modified
-	gen uint64        // bumped when the URL changes
+	gen uint64   // bumped when the URL changes
 	due time.Time
 	// index is the position in the queue, -1 while not queued (in flight,
 	// handed to a worker, or removed).
