@@ -266,11 +266,14 @@ func TestNodePortForwarderFollowsServicesAndEndpoints(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The Service and the EndpointSlice reach the forwarder in either order: wait until the port is
+	// forwarded and a connection reaches an endpoint.
 	eventually(t, f, "node port 30080 forwarded", func() error {
 		if !reflect.DeepEqual(f.Ports(), []int32{30080}) {
 			return fmt.Errorf("ports = %v", f.Ports())
 		}
-		return nil
+		_, err := request(ports.addr(30080))
+		return err
 	})
 	// Round robin over the two ready endpoints, never the unready one.
 	seen := map[string]int{}
