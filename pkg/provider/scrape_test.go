@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -69,14 +68,10 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 		host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
 		pods = append(pods, newPod("ns", name, withIP(host), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, port)))
 	}
-	// One pod with nothing listening on its port.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closedPort := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
-	pods = append(pods, newPod("ns", "wrong-port", withIP("127.0.0.1"), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, closedPort)))
+	// One pod with nothing listening on its port. Not a port freed by this test: tests running in
+	// parallel may bind it again, and a scrape of a foreign server would not end (the scrape
+	// timeout runs on the fake clock). Nothing listens on port 1.
+	pods = append(pods, newPod("ns", "wrong-port", withIP("127.0.0.1"), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, "1")))
 	active["good-1"], active["good-2"] = "3", "0"
 
 	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -117,7 +112,13 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 			case k := <-sink.done:
 				seen[k] = true
 			case <-deadline:
-				t.Fatalf("only %d of %d pods scraped", len(seen), len(pods))
+				var missing []string
+				for _, p := range pods {
+					if !seen[scrape.PodKey{Namespace: p.Namespace, Name: p.Name}] {
+						missing = append(missing, p.Name)
+					}
+				}
+				t.Fatalf("only %d of %d pods scraped; missing %v", len(seen), len(pods), missing)
 			}
 		}
 	}

@@ -346,7 +346,10 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 	if t.removed || ctx.Err() != nil {
 		return
 	}
-	t.due = nextDue(t.due, clk.Now(), s.cfg.Interval)
+	// Slots are skipped only if they passed before this scrape started: one
+	// that came due while the scrape ran is kept, so a scrape that ends just
+	// after its next slot does not cost the pod an interval of freshness.
+	t.due = nextDue(t.due, start, s.cfg.Interval)
 	heap.Push(&s.queue, t)
 	if t.index == 0 {
 		s.notify()
