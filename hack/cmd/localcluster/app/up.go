@@ -104,7 +104,7 @@ func runUp(ctx context.Context, o *upOptions, out io.Writer) error {
 		f.Write(append(b, '\n'))
 		f.Close()
 	} else {
-		printReady(out, notice, "Ctrl-C")
+		printReady(out, notice, o.Cluster.BinDir, "Ctrl-C")
 	}
 
 	select {
@@ -120,14 +120,15 @@ func runUp(ctx context.Context, o *upOptions, out io.Writer) error {
 	}
 }
 
-func printReady(out io.Writer, n readyNotice, stopHow string) {
+// printReady tells how to use the cluster, with the kubectl pinned with the control plane.
+func printReady(out io.Writer, n readyNotice, binDir, stopHow string) {
 	fmt.Fprintf(out, `Local cluster is ready (pid %d).
   kubeconfig:  %s
   API server:  %s
-  try:         kubectl --kubeconfig %s get nodes
+  try:         %s --kubeconfig %s get nodes
   NodePort Services answer on 127.0.0.1:<nodePort>; pod addresses (198.18.1.0/24) live in the node's network namespace.
   stop:        %s
-`, n.PID, n.Kubeconfig, n.APIServer, n.Kubeconfig, stopHow)
+`, n.PID, n.Kubeconfig, n.APIServer, filepath.Join(binDir, "kubectl"), n.Kubeconfig, stopHow)
 }
 
 // runDetached starts `up` again in the background, in its own session, and waits
@@ -184,7 +185,7 @@ func runDetached(ctx context.Context, o *upOptions, out io.Writer) error {
 	case n := <-noticeCh:
 		if n != nil {
 			cmd.Process.Release()
-			printReady(out, *n, "make cluster-down (or localcluster down --pid-file "+o.PIDFile+")")
+			printReady(out, *n, o.Cluster.BinDir, "make cluster-down (or localcluster down --pid-file "+o.PIDFile+")")
 			return nil
 		}
 	case <-ctx.Done():
