@@ -25,8 +25,31 @@ import (
 
 var nsResource = schema.GroupVersionResource{Version: "v1", Resource: "namespaces"}
 
+const checkNamespace = "e2e-manifest-check"
+
+// isolate renames obj for the dry run. APIServices keep their names, which are fixed by the API
+// (version.group); applying over an existing one is fine.
+func isolate(obj *unstructured.Unstructured) {
+	switch obj.GetKind() {
+	case "APIService":
+		return
+	case "Namespace":
+		obj.SetName(checkNamespace)
+		return
+	}
+	obj.SetName(obj.GetName() + "-check")
+	if ports, ok, _ := unstructured.NestedSlice(obj.Object, "spec", "ports"); ok {
+		for _, p := range ports {
+			if m, ok := p.(map[string]any); ok {
+				delete(m, "nodePort")
+			}
+		}
+		_ = unstructured.SetNestedSlice(obj.Object, ports, "spec", "ports")
+	}
+}
+
 // TestDemoManifestsAreAccepted submits every object of hack/demo/*.yaml to the real API server with
-// a server-side dry run, so that a manifest the demo applies (and users copy) that today's API
+// a server-side dry run (apply), so that a manifest the demo applies (and users copy) that today's API
 // server would reject fails here rather than in front of a user.
 func TestDemoManifestsAreAccepted(t *testing.T) {
 	c := framework.Cluster(t)
@@ -44,6 +67,11 @@ func TestDemoManifestsAreAccepted(t *testing.T) {
 	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disco))
 	root, err := framework.RepoRoot()
 	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dyn.Resource(nsResource).Apply(ctx, checkNamespace, &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": checkNamespace},
+	}}, metav1.ApplyOptions{FieldManager: "wsscale-e2e", Force: true}); err != nil {
 		t.Fatal(err)
 	}
 	files, err := filepath.Glob(filepath.Join(root, "hack", "demo", "*.yaml"))
@@ -74,17 +102,20 @@ func TestDemoManifestsAreAccepted(t *testing.T) {
 				t.Errorf("%s: the API server does not serve %s: %v", name, gvk, err)
 				continue
 			}
+			// Other tests of this cluster run the same objects under the same names; validate a
+			// copy that cannot meet them: its own name, its own namespace, and a node port the
+			// server assigns (a fixed one would be taken).
+			isolate(&obj)
 			var res dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
 			if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
-				// The namespace need not exist for a dry run of a namespaced object to be
-				// validated; use default when it does not.
-				ns := obj.GetNamespace()
-				if _, err := dyn.Resource(nsResource).Get(ctx, ns, metav1.GetOptions{}); err != nil {
-					obj.SetNamespace("default")
-				}
-				res = dyn.Resource(mapping.Resource).Namespace(obj.GetNamespace())
+				obj.SetNamespace(checkNamespace)
+				res = dyn.Resource(mapping.Resource).Namespace(checkNamespace)
 			}
-			if _, err := res.Create(ctx, &obj, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"}); err != nil {
+			// A server-side apply validates strictly (unknown fields are errors) whether or not
+			// another test already created an object of that name.
+			if _, err := res.Apply(ctx, obj.GetName(), &obj, metav1.ApplyOptions{
+				FieldManager: "wsscale-e2e", Force: true, DryRun: []string{metav1.DryRunAll},
+			}); err != nil {
 				t.Errorf("%s: rejected: %v", name, err)
 			}
 		}
