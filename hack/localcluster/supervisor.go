@@ -413,37 +413,34 @@ func (s *supervisor) apiserverArgs() []string {
 }
 
 func (s *supervisor) controllerManagerArgs() []string {
-	kc := s.path("kubeconfigs", "controller-manager.kubeconfig")
-	return []string{
-		"--kubeconfig=" + kc,
-		"--authentication-kubeconfig=" + kc,
-		"--authorization-kubeconfig=" + kc,
-		"--bind-address=127.0.0.1",
-		fmt.Sprintf("--secure-port=%d", controllerManagerPort),
-		"--cert-dir=" + s.path("controller-manager"),
-		"--leader-elect=false",
+	return append(s.controlLoopArgs("controller-manager", controllerManagerPort),
 		"--controllers=*",
 		"--use-service-account-credentials=true",
-		"--service-account-private-key-file=" + s.pki.ServiceAccountKeyFile,
-		"--root-ca-file=" + s.pki.CA.CertFile,
-		"--cluster-signing-cert-file=" + s.pki.CA.CertFile,
-		"--cluster-signing-key-file=" + s.pki.CA.KeyFile,
+		"--service-account-private-key-file="+s.pki.ServiceAccountKeyFile,
+		"--root-ca-file="+s.pki.CA.CertFile,
+		"--cluster-signing-cert-file="+s.pki.CA.CertFile,
+		"--cluster-signing-key-file="+s.pki.CA.KeyFile,
 		"--allocate-node-cidrs=false",
-		"--horizontal-pod-autoscaler-sync-period=" + s.cfg.HPASyncPeriod.String(),
-		"--horizontal-pod-autoscaler-downscale-stabilization=" + s.cfg.HPADownscaleStabilization.String(),
-		"--profiling=false",
-	}
+		"--horizontal-pod-autoscaler-sync-period="+s.cfg.HPASyncPeriod.String(),
+		"--horizontal-pod-autoscaler-downscale-stabilization="+s.cfg.HPADownscaleStabilization.String(),
+	)
 }
 
 func (s *supervisor) schedulerArgs() []string {
-	kc := s.path("kubeconfigs", "scheduler.kubeconfig")
+	return s.controlLoopArgs("scheduler", schedulerPort)
+}
+
+// controlLoopArgs are the flags kube-controller-manager and kube-scheduler share: their own
+// kubeconfig for everything, health and metrics on loopback, no leader election (one of each).
+func (s *supervisor) controlLoopArgs(name string, port int) []string {
+	kc := s.path("kubeconfigs", name+".kubeconfig")
 	return []string{
 		"--kubeconfig=" + kc,
 		"--authentication-kubeconfig=" + kc,
 		"--authorization-kubeconfig=" + kc,
 		"--bind-address=127.0.0.1",
-		fmt.Sprintf("--secure-port=%d", schedulerPort),
-		"--cert-dir=" + s.path("scheduler"),
+		fmt.Sprintf("--secure-port=%d", port),
+		"--cert-dir=" + s.path(name),
 		"--leader-elect=false",
 		"--profiling=false",
 	}
