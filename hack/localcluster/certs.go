@@ -103,18 +103,23 @@ type pkiGenerator struct {
 	notAfter  time.Time
 }
 
-func (g *pkiGenerator) serial() (*big.Int, error) {
-	return rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+// keyAndSerial makes a new P-256 key and a random 127-bit serial for the certificate in file.
+func (g *pkiGenerator) keyAndSerial(file string) (*ecdsa.PrivateKey, *big.Int, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate %s key: %w", file, err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate %s serial: %w", file, err)
+	}
+	return key, serial, nil
 }
 
 func (g *pkiGenerator) authority(file, commonName string) (*certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, serial, err := g.keyAndSerial(file)
 	if err != nil {
-		return nil, fmt.Errorf("generate %s key: %w", file, err)
-	}
-	serial, err := g.serial()
-	if err != nil {
-		return nil, fmt.Errorf("generate %s serial: %w", file, err)
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
@@ -129,13 +134,9 @@ func (g *pkiGenerator) authority(file, commonName string) (*certificate, error) 
 }
 
 func (g *pkiGenerator) leaf(file string, ca *certificate, subject pkix.Name, usage []x509.ExtKeyUsage, dns []string, ips []net.IP) (*certificate, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	key, serial, err := g.keyAndSerial(file)
 	if err != nil {
-		return nil, fmt.Errorf("generate %s key: %w", file, err)
-	}
-	serial, err := g.serial()
-	if err != nil {
-		return nil, fmt.Errorf("generate %s serial: %w", file, err)
+		return nil, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,

@@ -125,23 +125,46 @@ type healthCheck func(ctx context.Context) error
 // waitHealthy polls check until it passes, the component exits (an error with the
 // tail of its log) or ctx ends.
 func (c *component) waitHealthy(ctx context.Context, check healthCheck) error {
-	tick := c.clock.NewTicker(250 * time.Millisecond)
+	last, err := pollCheck(ctx, c.clock, check, c.exited, nil)
+	switch {
+	case err == nil:
+		klog.InfoS("Component is healthy", "component", c.name)
+		return nil
+	case errors.Is(err, errExited):
+		return c.exitError("exited during start-up")
+	default:
+		return fmt.Errorf("%s not healthy before the start-up deadline (last check: %v); last lines of %s:\n%s",
+			c.name, last, c.logPath, c.LogTail(logTailLines))
+	}
+}
+
+// errExited is pollCheck's answer when the watched process exited.
+var errExited = errors.New("exited")
+
+// pollCheck runs check every 250 ms, each try bounded by 5 s, until it passes. It gives
+// up when stop (if set) returns an error for a failed try, when exited is closed
+// (errExited), or when ctx ends (ctx's error); it then returns check's last failure and
+// why it gave up.
+func pollCheck(ctx context.Context, clk clock.WithTicker, check healthCheck, exited <-chan struct{}, stop func(last error) error) (last, err error) {
+	tick := clk.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	var last error
 	for {
 		checkCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		last = check(checkCtx)
 		cancel()
 		if last == nil {
-			klog.InfoS("Component is healthy", "component", c.name)
-			return nil
+			return nil, nil
+		}
+		if stop != nil {
+			if err := stop(last); err != nil {
+				return last, err
+			}
 		}
 		select {
-		case <-c.exited:
-			return c.exitError("exited during start-up")
+		case <-exited:
+			return last, errExited
 		case <-ctx.Done():
-			return fmt.Errorf("%s not healthy before the start-up deadline (last check: %v); last lines of %s:\n%s",
-				c.name, last, c.logPath, c.LogTail(logTailLines))
+			return last, ctx.Err()
 		case <-tick.C():
 		}
 	}

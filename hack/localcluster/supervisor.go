@@ -261,28 +261,16 @@ func (s *supervisor) start(ctx context.Context) error {
 // waitFor polls check until it passes, while watching that no component or the
 // node agent has ended.
 func (s *supervisor) waitFor(ctx context.Context, what string, check healthCheck) error {
-	tick := s.clock.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
-	var last error
-	for {
-		checkCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		last = check(checkCtx)
-		cancel()
-		if last == nil {
-			return nil
-		}
+	last, err := pollCheck(ctx, s.clock, check, nil, func(last error) error {
 		if apierrors.IsForbidden(last) || apierrors.IsUnauthorized(last) {
 			return fmt.Errorf("wait for %s: %w", what, last)
 		}
-		if err := s.failure(); err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for %s: not done before the start-up deadline (last check: %v)", what, last)
-		case <-tick.C():
-		}
+		return s.failure()
+	})
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("wait for %s: not done before the start-up deadline (last check: %v)", what, last)
 	}
+	return err
 }
 
 // failure reports a component or the node agent that has ended.

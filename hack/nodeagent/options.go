@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"cmp"
 	"fmt"
 	"net/netip"
 	"os"
@@ -81,27 +82,13 @@ func (o *Options) complete() {
 	if o.Memory.IsZero() {
 		o.Memory = resource.MustParse(DefaultMemory)
 	}
-	if o.MaxPods == 0 {
-		o.MaxPods = DefaultMaxPods
-	}
-	if o.CrashLoopBackOffBase == 0 {
-		o.CrashLoopBackOffBase = DefaultCrashLoopBackOffBase
-	}
-	if o.CrashLoopBackOffMax == 0 {
-		o.CrashLoopBackOffMax = DefaultCrashLoopBackOffMax
-	}
-	if o.LeaseDuration == 0 {
-		o.LeaseDuration = DefaultLeaseDuration
-	}
-	if o.NodeStatusPeriod == 0 {
-		o.NodeStatusPeriod = DefaultNodeStatusPeriod
-	}
-	if o.VolumeResyncPeriod == 0 {
-		o.VolumeResyncPeriod = DefaultVolumeResyncPeriod
-	}
-	if o.ShutdownGracePeriod == 0 {
-		o.ShutdownGracePeriod = DefaultShutdownGracePeriod
-	}
+	o.MaxPods = cmp.Or(o.MaxPods, DefaultMaxPods)
+	o.CrashLoopBackOffBase = cmp.Or(o.CrashLoopBackOffBase, DefaultCrashLoopBackOffBase)
+	o.CrashLoopBackOffMax = cmp.Or(o.CrashLoopBackOffMax, DefaultCrashLoopBackOffMax)
+	o.LeaseDuration = cmp.Or(o.LeaseDuration, DefaultLeaseDuration)
+	o.NodeStatusPeriod = cmp.Or(o.NodeStatusPeriod, DefaultNodeStatusPeriod)
+	o.VolumeResyncPeriod = cmp.Or(o.VolumeResyncPeriod, DefaultVolumeResyncPeriod)
+	o.ShutdownGracePeriod = cmp.Or(o.ShutdownGracePeriod, DefaultShutdownGracePeriod)
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
 	}

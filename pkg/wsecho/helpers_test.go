@@ -253,5 +253,3 @@ func isClosedWithoutFrame(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		strings.Contains(fmt.Sprint(err), "connection reset") || (errors.As(err, &ne) && !ne.Timeout())
 }
-
-func newBufReader(r io.Reader) *bufio.Reader { return bufio.NewReader(r) }

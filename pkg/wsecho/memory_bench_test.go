@@ -1,6 +1,7 @@
 package wsecho
 
 import (
+	"bufio"
 	"context"
 	"net"
 	"runtime"
@@ -44,7 +45,7 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				rc := &rawConn{Conn: nc, br: newBufReader(nc)}
+				rc := &rawConn{Conn: nc, br: bufio.NewReader(nc)}
 				if err := rc.handshake(lis.Addr().String(), ""); err != nil {
 					b.Fatal(err)
 				}

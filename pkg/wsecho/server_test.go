@@ -1,6 +1,7 @@
 package wsecho
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
@@ -366,16 +367,14 @@ func TestClientThatNeverReadsIsDisconnected(t *testing.T) {
 	cfg.WriteTimeout = 200 * time.Millisecond
 	ts := startServer(t, cfg)
 
-	d := net.Dialer{Control: nil}
-	nc, err := d.Dial("tcp", ts.addr)
+	nc, err := net.Dial("tcp", ts.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer nc.Close()
 	// A small receive window fills quickly.
 	_ = nc.(*net.TCPConn).SetReadBuffer(4096)
-	rc := &rawConn{Conn: nc, br: nil}
-	rc.br = newBufReader(nc)
+	rc := &rawConn{Conn: nc, br: bufio.NewReader(nc)}
 	if err := rc.handshake(ts.addr, ""); err != nil {
 		t.Fatal(err)
 	}
