@@ -47,7 +47,7 @@ echo-run: build
 clean:
 	rm -rf $(BIN)
 
-# --- local cluster (hack/localcluster) -------------------------------------------------
+# --- local cluster (test/localcluster) -------------------------------------------------
 # The pinned control plane is built into .local/bin (git-ignored) and rebuilt only when
 # the pins in hack/tools change. The cluster needs root (it creates namespaces).
 LOCAL := .local
@@ -60,14 +60,14 @@ tools:
 
 ## cluster-up: start the local cluster in the background; returns once it is ready (kubeconfig: .local/kubeconfig).
 cluster-up: tools
-	$(GO) build -o $(LOCAL)/bin/localcluster ./hack/cmd/localcluster
+	$(GO) build -o $(LOCAL)/bin/localcluster ./test/cmd/localcluster
 	@if [ -n "$$($(GO) list ./cmd/... 2>/dev/null)" ]; then echo "$(GO) build -o $(LOCAL)/bin/ ./cmd/..."; $(GO) build -o $(LOCAL)/bin/ ./cmd/...; fi
 	$(LOCAL)/bin/localcluster up --detach --bin-dir $(LOCAL)/bin --kubeconfig $(LOCAL)/kubeconfig \
 		--pid-file $(LOCAL)/cluster.pid --log-file $(LOCAL)/cluster.log
 
 ## cluster-down: stop the local cluster started by cluster-up and wait until nothing of it is left.
 cluster-down:
-	@$(GO) build -o $(LOCAL)/bin/localcluster ./hack/cmd/localcluster || echo "(using the previously built localcluster)"
+	@$(GO) build -o $(LOCAL)/bin/localcluster ./test/cmd/localcluster || echo "(using the previously built localcluster)"
 	@if [ -x $(LOCAL)/bin/localcluster ]; then $(LOCAL)/bin/localcluster down --pid-file $(LOCAL)/cluster.pid --kubeconfig $(LOCAL)/kubeconfig; \
 	else echo "No local cluster binary ($(LOCAL)/bin/localcluster); nothing to stop."; fi
 # --- end of local cluster ---------------------------------------------------------------

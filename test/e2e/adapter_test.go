@@ -30,9 +30,9 @@ import (
 	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
 	"k8s.io/utils/ptr"
 
-	"github.com/wsscale/wsscale/hack/localcluster"
 	"github.com/wsscale/wsscale/pkg/wsload"
 	"github.com/wsscale/wsscale/test/e2e/framework"
+	"github.com/wsscale/wsscale/test/localcluster"
 )
 
 const (

@@ -24,9 +24,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
 
-	"github.com/wsscale/wsscale/hack/localcluster"
 	"github.com/wsscale/wsscale/pkg/wsload"
 	"github.com/wsscale/wsscale/test/e2e/framework"
+	"github.com/wsscale/wsscale/test/localcluster"
 )
 
 // TestEchoDeployment runs the demo's echo Deployment on the local cluster: three Ready pods behind a

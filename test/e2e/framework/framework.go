@@ -30,7 +30,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/wsscale/wsscale/hack/localcluster"
+	"github.com/wsscale/wsscale/test/localcluster"
 )
 
 // modulePath identifies the repository root's go.mod.

@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/cobra"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
 
-	"github.com/wsscale/wsscale/hack/localcluster"
+	"github.com/wsscale/wsscale/test/localcluster"
 )
 
 // upOptions are the flags of `localcluster up`.

@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/wsscale/wsscale/hack/nodeagent"
+	"github.com/wsscale/wsscale/test/nodeagent"
 )
 
 // startNodeAgent runs the process-based node agent in this process, inside the node

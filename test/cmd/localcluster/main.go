@@ -10,7 +10,7 @@ import (
 
 	"k8s.io/klog/v2"
 
-	"github.com/wsscale/wsscale/hack/cmd/localcluster/app"
+	"github.com/wsscale/wsscale/test/cmd/localcluster/app"
 )
 
 func main() {

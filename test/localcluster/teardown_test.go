@@ -23,8 +23,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/ptr"
 
-	"github.com/wsscale/wsscale/hack/localcluster"
 	"github.com/wsscale/wsscale/test/e2e/framework"
+	"github.com/wsscale/wsscale/test/localcluster"
 )
 
 func TestMain(m *testing.M) {
@@ -63,7 +63,7 @@ func prepare(t *testing.T) (root, cli string) {
 			return
 		}
 		cliPath = filepath.Join(dir, "localcluster")
-		build := exec.Command("go", "build", "-o", cliPath, "./hack/cmd/localcluster")
+		build := exec.Command("go", "build", "-o", cliPath, "./test/cmd/localcluster")
 		build.Dir = repoRoot
 		if out, err := build.CombinedOutput(); err != nil {
 			prepareErr = fmt.Errorf("build localcluster: %v\n%s", err, out)
