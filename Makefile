@@ -61,7 +61,7 @@ tools:
 ## cluster-up: start the local cluster in the background; returns once it is ready (kubeconfig: .local/kubeconfig).
 cluster-up: tools
 	$(GO) build -o $(LOCAL)/bin/localcluster ./test/cmd/localcluster
-	@if [ -n "$$($(GO) list ./cmd/... 2>/dev/null)" ]; then echo "$(GO) build -o $(LOCAL)/bin/ ./cmd/..."; $(GO) build -o $(LOCAL)/bin/ ./cmd/...; fi
+	$(GO) build -o $(LOCAL)/bin/ ./cmd/... ./test/cmd/testhost
 	$(LOCAL)/bin/localcluster up --detach --bin-dir $(LOCAL)/bin --kubeconfig $(LOCAL)/kubeconfig \
 		--pid-file $(LOCAL)/cluster.pid --log-file $(LOCAL)/cluster.log
 

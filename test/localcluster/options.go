@@ -90,11 +90,13 @@ func NewOptions() *Options {
 	}
 }
 
-// DefaultImages maps the project's image repositories to the binaries built into binDir.
+// DefaultImages maps the project's image repositories to the binaries built into binDir:
+// the product's, and wsscale/testhost, the end-to-end tests' own image (test/cmd/testhost).
 func DefaultImages(binDir string) map[string]string {
 	return map[string]string{
-		"wsscale/echo":    filepath.Join(binDir, "echo"),
-		"wsscale/adapter": filepath.Join(binDir, "adapter"),
+		"wsscale/echo":     filepath.Join(binDir, "echo"),
+		"wsscale/adapter":  filepath.Join(binDir, "adapter"),
+		"wsscale/testhost": filepath.Join(binDir, "testhost"),
 	}
 }
 

@@ -4,7 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
+	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -60,8 +63,29 @@ func launchContainer(specPath string) int {
 		}
 		unix.Close(fd)
 	}
-	for _, m := range spec.Mounts {
-		if err := unix.Mount(m.Source, m.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+	// Every source, and the binary, is opened before the first mount: a volume mounted at a
+	// path above the node's state directory (an emptyDir at /tmp, say) would otherwise hide
+	// the sources of the mounts after it. Mounting from the open descriptors also makes the
+	// order of the volumes in the pod spec irrelevant.
+	sources := make([]int, len(spec.Mounts))
+	for i, m := range spec.Mounts {
+		fd, err := unix.Open(m.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fail("open volume %s for %s: %v", m.Source, m.Target, err)
+		}
+		sources[i] = fd
+	}
+	binary, err := unix.Open(spec.Binary, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fail("open binary %s: %v", spec.Binary, err)
+	}
+	for _, i := range mountOrder(spec.Mounts) {
+		m := spec.Mounts[i]
+		if err := ensureMountPoint(sources[i], m.Target); err != nil {
+			return fail("mount %s at %s: %v", m.Source, m.Target, err)
+		}
+		src := fmt.Sprintf("/proc/self/fd/%d", sources[i])
+		if err := unix.Mount(src, m.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fail("mount %s at %s: %v", m.Source, m.Target, err)
 		}
 		if m.ReadOnly {
@@ -101,6 +125,46 @@ func launchContainer(specPath string) int {
 	if err := os.Chdir(workDir); err != nil {
 		return fail("change to working directory %s: %v", workDir, err)
 	}
-	err = unix.Exec(spec.Binary, spec.Argv, spec.Env)
+	// The binary is executed through its descriptor, since a volume may now cover its path.
+	err = unix.Exec(fmt.Sprintf("/proc/self/fd/%d", binary), spec.Argv, spec.Env)
 	return fail("exec %s: %v", spec.Binary, err)
+}
+
+// mountOrder returns the indexes of mounts with every target after the targets that
+// contain it, as a container runtime mounts them: /tmp before /tmp/certs, whatever the
+// order of the pod's volumeMounts. Mounts of the same depth keep their order.
+func mountOrder(mounts []bindMount) []int {
+	order := make([]int, len(mounts))
+	for i := range order {
+		order[i] = i
+	}
+	depth := func(p string) int { return strings.Count(filepath.Clean(p), "/") }
+	sort.SliceStable(order, func(a, b int) bool {
+		return depth(mounts[order[a]].Target) < depth(mounts[order[b]].Target)
+	})
+	return order
+}
+
+// ensureMountPoint creates target inside the container's mount namespace when an earlier
+// mount (a volume at a parent path) hid the mount point prepared on the node: a directory,
+// or an empty file when the source is a file.
+func ensureMountPoint(source int, target string) error {
+	if _, err := os.Lstat(target); err == nil {
+		return nil
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(source, &st); err != nil {
+		return fmt.Errorf("stat source: %w", err)
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
+		return os.MkdirAll(target, 0o755)
+	}
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }

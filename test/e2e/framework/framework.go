@@ -148,11 +148,12 @@ func EnsureBinaries(root string) error {
 	if strings.TrimSpace(string(pkgs)) == "" {
 		return nil
 	}
-	build := exec.Command("go", "build", "-o", filepath.Join(root, ".local", "bin")+string(filepath.Separator), "./cmd/...")
+	// testhost is the tests' own image (wsscale/testhost): it shows what a pod sees.
+	build := exec.Command("go", "build", "-o", filepath.Join(root, ".local", "bin")+string(filepath.Separator), "./cmd/...", "./test/cmd/testhost")
 	build.Dir = root
 	build.Stdout, build.Stderr = &out, &out
 	if err := build.Run(); err != nil {
-		return fmt.Errorf("go build ./cmd/...: %w\n%s", err, out.String())
+		return fmt.Errorf("go build ./cmd/... ./test/cmd/testhost: %w\n%s", err, out.String())
 	}
 	return nil
 }

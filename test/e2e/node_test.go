@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/wsscale/wsscale/test/e2e/framework"
+	"github.com/wsscale/wsscale/test/localcluster"
+)
+
+// testhostPort is where the wsscale/testhost image serves what its pod sees.
+const testhostPort = 8080
+
+// TestVolumesMountAtAnyPath mounts volumes where charts put them: an emptyDir at /tmp (above
+// the node's state directory, where the other volumes' sources live), one at /var (above the
+// service-account token's mount point), one inside another volume, and a configMap, all next
+// to the service-account token. Each must be visible, with its content, from inside the pod,
+// and nothing written to the pod's /tmp may reach the host's.
+func TestVolumesMountAtAnyPath(t *testing.T) {
+	c := framework.Cluster(t)
+	client := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const ns = "node-volumes"
+	must[*corev1.Namespace](t, "namespace")(client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
+	must[*corev1.ConfigMap](t, "configmap")(client.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "settings"},
+		Data:       map[string]string{"greeting": "hello from a configMap"},
+	}, metav1.CreateOptions{}))
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "volumes"},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To[int64](2),
+			Containers: []corev1.Container{{
+				Name:  "testhost",
+				Image: "wsscale/testhost:dev",
+				Args:  []string{"serve", "--port", fmt.Sprint(testhostPort)},
+				// The order is the one that broke: /tmp first hid every later volume's source.
+				VolumeMounts: []corev1.VolumeMount{
+					{Name: "tmp", MountPath: "/tmp"},
+					{Name: "nested", MountPath: "/tmp/certs/inner"},
+					{Name: "var", MountPath: "/var"},
+					{Name: "settings", MountPath: "/etc/testhost", ReadOnly: true},
+				},
+				ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
+					HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(testhostPort)},
+				}},
+			}},
+			Volumes: []corev1.Volume{
+				{Name: "tmp", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: "nested", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: "var", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: "settings", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+					LocalObjectReference: corev1.LocalObjectReference{Name: "settings"},
+				}}},
+			},
+		},
+	}
+	must[*corev1.Pod](t, "pod")(client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}))
+	ip := waitPodReady(ctx, t, client, ns, pod.Name)
+	th := testhostClient{c: c, ip: ip}
+
+	token := th.get(ctx, t, "/cat", "path", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+	if strings.Count(token, ".") != 2 {
+		t.Errorf("service-account token under the /var emptyDir: got %q, want a JWT", token)
+	}
+	if ns := th.get(ctx, t, "/cat", "path", "/var/run/secrets/kubernetes.io/serviceaccount/namespace"); ns != "node-volumes" {
+		t.Errorf("service-account namespace file: got %q", ns)
+	}
+	if got := th.get(ctx, t, "/cat", "path", "/etc/testhost/greeting"); got != "hello from a configMap" {
+		t.Errorf("configMap file: got %q", got)
+	}
+	marker := fmt.Sprintf("wsscale-e2e-volume-%d", time.Now().UnixNano())
+	for _, dir := range []string{"/tmp", "/tmp/certs/inner", "/var"} {
+		path := dir + "/" + marker
+		if got := th.get(ctx, t, "/write", "path", path, "data", dir); got != "ok" {
+			t.Fatalf("write %s in the pod: %q", path, got)
+		}
+		if got := th.get(ctx, t, "/cat", "path", path); got != dir {
+			t.Errorf("read back %s: got %q, want %q", path, got, dir)
+		}
+	}
+	if _, err := os.Stat("/tmp/" + marker); !os.IsNotExist(err) {
+		t.Errorf("a file written to the pod's /tmp emptyDir appeared on the host (%v)", err)
+	}
+	if got, code := th.try(ctx, "/write", "path", "/etc/testhost/new", "data", "x"); code == http.StatusOK {
+		t.Errorf("write into the read-only configMap mount succeeded: %q", got)
+	}
+}
+
+// waitPodReady waits for the pod to be Ready and returns its IP; on a timeout it reports the
+// pod's phase and container states.
+func waitPodReady(ctx context.Context, t *testing.T, client kubernetes.Interface, ns, name string) string {
+	t.Helper()
+	var ip string
+	poll(ctx, t, "pod "+ns+"/"+name+" ready", 90*time.Second, func() (bool, string) {
+		p, err := client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		ip = p.Status.PodIP
+		state := fmt.Sprintf("phase %s ip %q", p.Status.Phase, ip)
+		for _, cs := range p.Status.ContainerStatuses {
+			switch {
+			case cs.State.Waiting != nil:
+				state += fmt.Sprintf("; %s waiting: %s %s", cs.Name, cs.State.Waiting.Reason, cs.State.Waiting.Message)
+			case cs.State.Terminated != nil:
+				state += fmt.Sprintf("; %s terminated: %s %s", cs.Name, cs.State.Terminated.Reason, cs.State.Terminated.Message)
+			}
+			if cs.LastTerminationState.Terminated != nil {
+				state += fmt.Sprintf("; last: %s %s", cs.LastTerminationState.Terminated.Reason, cs.LastTerminationState.Terminated.Message)
+			}
+		}
+		for _, cond := range p.Status.Conditions {
+			if cond.Type == corev1.PodReady && cond.Status == corev1.ConditionTrue && ip != "" {
+				return true, state
+			}
+		}
+		return false, state
+	})
+	return ip
+}
+
+// testhostClient calls a wsscale/testhost pod through the cluster's network.
+type testhostClient struct {
+	c  *localcluster.Cluster
+	ip string
+}
+
+// try calls path with the query pairs and returns the body and status code (0 when the call
+// itself failed, with the error as the body).
+func (h testhostClient) try(ctx context.Context, path string, query ...string) (string, int) {
+	q := url.Values{}
+	for i := 0; i+1 < len(query); i += 2 {
+		q.Set(query[i], query[i+1])
+	}
+	u := fmt.Sprintf("http://%s:%d%s?%s", h.ip, testhostPort, path, q.Encode())
+	hc := &http.Client{Transport: &http.Transport{DialContext: h.c.DialContext}, Timeout: 10 * time.Second}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return err.Error(), 0
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err.Error(), 0
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return string(body), resp.StatusCode
+}
+
+// get is try that fails the test unless the answer is 200.
+func (h testhostClient) get(ctx context.Context, t *testing.T, path string, query ...string) string {
+	t.Helper()
+	body, code := h.try(ctx, path, query...)
+	if code != http.StatusOK {
+		t.Fatalf("GET %s %v from the pod: %d %s", path, query, code, body)
+	}
+	return body
+}
