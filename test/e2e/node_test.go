@@ -2,11 +2,15 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -170,4 +174,178 @@ func (h testhostClient) get(ctx context.Context, t *testing.T, path string, quer
 		t.Fatalf("GET %s %v from the pod: %d %s", path, query, code, body)
 	}
 	return body
+}
+
+// TestKubectlLogs reads container logs the way users do, with the real kubectl through the
+// API server, which calls the node's kubelet API: a container chosen with -c, --tail,
+// -f while the container writes, and --previous after a restart. The kubelet API itself
+// refuses callers without a client certificate and callers RBAC does not allow.
+func TestKubectlLogs(t *testing.T) {
+	c := framework.Cluster(t)
+	client := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	const ns = "node-logs"
+	must[*corev1.Namespace](t, "namespace")(client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
+	container := func(name string, port int32) corev1.Container {
+		return corev1.Container{
+			Name: name, Image: "wsscale/testhost:dev", Args: []string{"serve", "--port", fmt.Sprint(port)},
+			ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
+				HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(port)},
+			}},
+		}
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "logs"},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To[int64](2),
+			Containers:                    []corev1.Container{container("first", testhostPort), container("second", testhostPort+1)},
+		},
+	}
+	must[*corev1.Pod](t, "pod")(client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}))
+	ip := waitPodReady(ctx, t, client, ns, pod.Name)
+	th := testhostClient{c: c, ip: ip}
+	for i := 1; i <= 5; i++ {
+		th.get(ctx, t, "/log", "line", fmt.Sprintf("line-%d", i))
+	}
+
+	kubectl := func(args ...string) (string, error) {
+		root, err := framework.RepoRoot()
+		if err != nil {
+			return "", err
+		}
+		cmd := exec.CommandContext(ctx, filepath.Join(root, ".local", "bin", "kubectl"),
+			append([]string{"--kubeconfig", c.Kubeconfig(), "-n", ns}, args...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := kubectl("logs", "logs", "-c", "first")
+	if err != nil || !strings.Contains(out, "serving on :8080") || !strings.Contains(out, "line-1\n") || !strings.Contains(out, "line-5\n") {
+		t.Fatalf("kubectl logs -c first: err %v, output:\n%s", err, out)
+	}
+	if out, err := kubectl("logs", "logs", "-c", "first", "--tail", "2"); err != nil || out != "line-4\nline-5\n" {
+		t.Errorf("kubectl logs --tail 2: err %v, got %q, want the last two lines", err, out)
+	}
+	if out, err := kubectl("logs", "logs", "-c", "second"); err != nil || !strings.Contains(out, "serving on :8081") || strings.Contains(out, "line-1") {
+		t.Errorf("kubectl logs -c second: err %v, output:\n%s", err, out)
+	}
+	if out, err := kubectl("logs", "logs", "-c", "first", "--previous"); err == nil || !strings.Contains(out, "previous terminated container") {
+		t.Errorf("kubectl logs --previous before any restart: err %v, output %q; want an error naming the missing previous container", err, out)
+	}
+
+	// -f: a line written after the stream opened arrives on it.
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	followCtx, stopFollow := context.WithCancel(ctx)
+	follow := exec.CommandContext(followCtx, filepath.Join(root, ".local", "bin", "kubectl"), "--kubeconfig", c.Kubeconfig(), "-n", ns,
+		"logs", "-f", "logs", "-c", "first", "--tail", "1")
+	stream, err := follow.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// The reader reports everything received so far after each read.
+	received := make(chan string, 64)
+	go func() {
+		defer close(received)
+		var got strings.Builder
+		buf := make([]byte, 4096)
+		for {
+			n, err := stream.Read(buf)
+			got.Write(buf[:n])
+			received <- got.String()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	waitStream := func(want string) string {
+		t.Helper()
+		timeout := time.After(30 * time.Second)
+		last := ""
+		for {
+			select {
+			case got, ok := <-received:
+				if !ok {
+					t.Fatalf("kubectl logs -f ended before %q arrived; got %q", want, last)
+				}
+				last = got
+				if strings.Contains(got, want) {
+					return got
+				}
+			case <-timeout:
+				t.Fatalf("kubectl logs -f: %q did not arrive within 30s; got %q", want, last)
+			}
+		}
+	}
+	waitStream("line-5\n") // --tail 1: the stream is open
+	th.get(ctx, t, "/log", "line", "followed-line")
+	if got := waitStream("followed-line\n"); strings.Contains(got, "line-4") {
+		t.Errorf("kubectl logs -f --tail 1 sent more than the last line: %q", got)
+	}
+	stopFollow()
+	_ = follow.Wait()
+
+	// --previous after the container exits and restarts.
+	th.get(ctx, t, "/exit", "code", "3")
+	poll(ctx, t, "first container restarted and ready", 90*time.Second, func() (bool, string) {
+		p, err := client.CoreV1().Pods(ns).Get(ctx, pod.Name, metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.Name == "first" {
+				return cs.RestartCount >= 1 && cs.Ready, fmt.Sprintf("restarts %d ready %v", cs.RestartCount, cs.Ready)
+			}
+		}
+		return false, "no status"
+	})
+	if out, err := kubectl("logs", "logs", "-c", "first", "--previous"); err != nil || !strings.Contains(out, "line-5\n") || !strings.Contains(out, "followed-line") {
+		t.Errorf("kubectl logs --previous: err %v, output:\n%s", err, out)
+	}
+	if out, err := kubectl("logs", "logs", "-c", "first"); err != nil || strings.Contains(out, "line-5") || !strings.Contains(out, "serving on :8080") {
+		t.Errorf("kubectl logs after the restart: want only the new run, err %v, output:\n%s", err, out)
+	}
+
+	// The kubelet API directly: no client certificate, then a user RBAC does not allow.
+	kubeletURL := fmt.Sprintf("https://%s:%d/containerLogs/%s/logs/first", localcluster.NodeIP, localcluster.KubeletPort, ns)
+	for _, tc := range []struct {
+		name     string
+		certBase string
+		want     int
+	}{
+		{name: "no client certificate", want: http.StatusUnauthorized},
+		{name: "the scheduler's identity", certBase: "scheduler", want: http.StatusForbidden},
+		{name: "cluster admin", certBase: "admin", want: http.StatusOK},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tlsConfig := &tls.Config{RootCAs: x509.NewCertPool()}
+			caPEM, err := os.ReadFile(filepath.Join(c.StateDir(), "pki", "ca.crt"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tlsConfig.RootCAs.AppendCertsFromPEM(caPEM)
+			if tc.certBase != "" {
+				pair, err := tls.LoadX509KeyPair(filepath.Join(c.StateDir(), "pki", tc.certBase+".crt"), filepath.Join(c.StateDir(), "pki", tc.certBase+".key"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				tlsConfig.Certificates = []tls.Certificate{pair}
+			}
+			hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: c.DialContext, TLSClientConfig: tlsConfig}}
+			resp, err := hc.Get(kubeletURL)
+			if err != nil {
+				t.Fatalf("GET %s: %v", kubeletURL, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Errorf("GET %s as %s: %d %s, want %d", kubeletURL, tc.name, resp.StatusCode, body, tc.want)
+			}
+		})
+	}
 }

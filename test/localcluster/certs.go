@@ -36,10 +36,16 @@ type clusterPKI struct {
 	Admin            *certificate // system:masters client
 	ControllerMgr    *certificate // system:kube-controller-manager client
 	Scheduler        *certificate // system:kube-scheduler client
+	KubeletClient    *certificate // kube-apiserver's identity towards the node's kubelet API
+	KubeletServing   *certificate // the node agent's kubelet API serving certificate
 
 	ServiceAccountKeyFile    string // PEM private key that signs service account tokens
 	ServiceAccountPubKeyFile string // PEM public key that verifies them
 }
+
+// kubeletClientName is the user kube-apiserver is when it calls the node's kubelet API
+// (logs, exec); RBAC grants it system:kubelet-api-admin.
+const kubeletClientName = "kube-apiserver-kubelet-client"
 
 // frontProxyClientName is the common name kube-apiserver presents to aggregated
 // API servers; they accept it through --requestheader-allowed-names.
@@ -52,6 +58,9 @@ type pkiRequest struct {
 	DNSNames    []string
 	Now         time.Time
 	Validity    time.Duration
+	// NodeName and NodeIP name the node whose kubelet serving certificate is issued.
+	NodeName string
+	NodeIP   net.IP
 }
 
 // generatePKI writes a fresh certificate authority, front-proxy authority, serving
@@ -85,9 +94,16 @@ func generatePKI(req pkiRequest) (*clusterPKI, error) {
 		{"admin", pkix.Name{CommonName: "kubernetes-admin", Organization: []string{"system:masters"}}, &p.Admin},
 		{"controller-manager", pkix.Name{CommonName: "system:kube-controller-manager"}, &p.ControllerMgr},
 		{"scheduler", pkix.Name{CommonName: "system:kube-scheduler"}, &p.Scheduler},
+		{"kubelet-client", pkix.Name{CommonName: kubeletClientName}, &p.KubeletClient},
 	}
 	for _, c := range clients {
 		if *c.dst, err = g.leaf(c.file, p.CA, c.name, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	if req.NodeName != "" {
+		if p.KubeletServing, err = g.leaf("kubelet", p.CA, pkix.Name{CommonName: "system:node:" + req.NodeName, Organization: []string{"system:nodes"}},
+			[]x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, []string{req.NodeName}, []net.IP{req.NodeIP}); err != nil {
 			return nil, err
 		}
 	}

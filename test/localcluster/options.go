@@ -31,6 +31,8 @@ const (
 	etcdPeerPort          = 2380
 	controllerManagerPort = 10257
 	schedulerPort         = 10259
+	// KubeletPort is the node agent's kubelet API port on NodeIP (kubectl logs).
+	KubeletPort = 10250
 )
 
 // Names of the pinned component binaries expected in Options.BinDir.

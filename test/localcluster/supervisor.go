@@ -162,6 +162,8 @@ func (s *supervisor) start(ctx context.Context) error {
 			"kubernetes.default.svc.cluster.local"},
 		Now:      s.clock.Now(),
 		Validity: 365 * 24 * time.Hour,
+		NodeName: s.cfg.NodeName,
+		NodeIP:   net.ParseIP(NodeIP),
 	})
 	if err != nil {
 		return err
@@ -240,6 +242,11 @@ func (s *supervisor) start(ctx context.Context) error {
 
 	if !s.cfg.NodeAgent {
 		return nil
+	}
+	if err := s.waitFor(ctx, "kubelet API access for kube-apiserver", func(ctx context.Context) error {
+		return grantKubeletAPI(ctx, client)
+	}); err != nil {
+		return err
 	}
 	if err := s.startNodeAgent(); err != nil {
 		return err
@@ -394,6 +401,12 @@ func (s *supervisor) apiserverArgs() []string {
 		"--proxy-client-key-file=" + p.FrontProxyClient.KeyFile,
 		// ClusterIPs are not routed here; the aggregator dials endpoint (pod) addresses.
 		"--enable-aggregator-routing=true",
+		// The node's kubelet API (kubectl logs): kube-apiserver dials the node's InternalIP,
+		// verifies the serving certificate against the cluster CA and presents its client one.
+		"--kubelet-client-certificate=" + p.KubeletClient.CertFile,
+		"--kubelet-client-key=" + p.KubeletClient.KeyFile,
+		"--kubelet-certificate-authority=" + p.CA.CertFile,
+		"--kubelet-preferred-address-types=InternalIP,Hostname",
 		// No kubernetes Service endpoints: pods reach the API server at the node address.
 		"--endpoint-reconciler-type=none",
 		"--profiling=false",

@@ -20,6 +20,7 @@ func testSupervisor() *supervisor {
 			APIServer:                &certificate{CertFile: dir + "/pki/apiserver.crt", KeyFile: dir + "/pki/apiserver.key"},
 			FrontProxyCA:             &certificate{CertFile: dir + "/pki/front-proxy-ca.crt"},
 			FrontProxyClient:         &certificate{CertFile: dir + "/pki/front-proxy-client.crt", KeyFile: dir + "/pki/front-proxy-client.key"},
+			KubeletClient:            &certificate{CertFile: dir + "/pki/kubelet-client.crt", KeyFile: dir + "/pki/kubelet-client.key"},
 			ServiceAccountKeyFile:    dir + "/pki/sa.key",
 			ServiceAccountPubKeyFile: dir + "/pki/sa.pub",
 		},
@@ -55,6 +56,10 @@ func TestComponentArgs(t *testing.T) {
 				"--service-account-signing-key-file=/state/pki/sa.key",
 				"--service-account-key-file=/state/pki/sa.pub",
 				"--client-ca-file=/state/pki/ca.crt",
+				"--kubelet-client-certificate=/state/pki/kubelet-client.crt",
+				"--kubelet-client-key=/state/pki/kubelet-client.key",
+				"--kubelet-certificate-authority=/state/pki/ca.crt",
+				"--kubelet-preferred-address-types=InternalIP,Hostname",
 			},
 		},
 		{

@@ -3,9 +3,11 @@ package nodeagent
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -42,6 +44,9 @@ type Agent struct {
 	prepareNode func() error
 	// networkSlots bounds concurrent sandbox set-ups and teardowns (each forks iproute2).
 	networkSlots chan struct{}
+
+	// logs tracks which container logs are still written, for kubectl logs -f.
+	logs runningLogs
 
 	mu       sync.Mutex
 	workers  map[types.UID]*podWorker
@@ -140,6 +145,19 @@ func (a *Agent) Run(ctx context.Context) error {
 	loops.Add(2)
 	go func() { defer loops.Done(); a.runLease(ctx) }()
 	go func() { defer loops.Done(); a.runNodeStatus(ctx) }()
+	if o := a.opts.KubeletAPI; o.Port != 0 {
+		api := &kubeletAPI{
+			nodeName: a.opts.NodeName, logDir: filepath.Join(a.opts.StateDir, "logs"),
+			client: a.client, clock: a.clock, podUID: a.podUID, running: a.logs.running,
+		}
+		loops.Add(1)
+		go func() {
+			defer loops.Done()
+			if err := api.serve(ctx, net.JoinHostPort(a.opts.NodeIP, strconv.Itoa(o.Port)), o); err != nil {
+				log.Error(err, "Kubelet API stopped; kubectl logs will fail")
+			}
+		}()
+	}
 
 	factory := informers.NewSharedInformerFactoryWithOptions(a.client, 0, informers.WithTweakListOptions(func(lo *metav1.ListOptions) {
 		lo.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", a.opts.NodeName).String()
@@ -164,6 +182,18 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	log.Info("Node agent stopped")
 	return nil
+}
+
+// podUID returns the UID of the pod this node runs as namespace/name.
+func (a *Agent) podUID(namespace, name string) (string, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for uid, w := range a.workers {
+		if p, _ := w.snapshot(); p != nil && p.Namespace == namespace && p.Name == name {
+			return string(uid), true
+		}
+	}
+	return "", false
 }
 
 // removeStaleSandboxes removes network namespaces a previous run left behind.

@@ -65,10 +65,11 @@ func (a *Agent) desiredNode(now time.Time) *v1.Node {
 		},
 		Spec: v1.NodeSpec{PodCIDR: a.opts.PodCIDR, PodCIDRs: []string{a.opts.PodCIDR}},
 		Status: v1.NodeStatus{
-			Capacity:    a.allocatable.DeepCopy(),
-			Allocatable: a.allocatable.DeepCopy(),
-			Phase:       v1.NodeRunning,
-			Conditions:  nodeConditions(nil, now),
+			Capacity:        a.allocatable.DeepCopy(),
+			Allocatable:     a.allocatable.DeepCopy(),
+			Phase:           v1.NodeRunning,
+			Conditions:      nodeConditions(nil, now),
+			DaemonEndpoints: v1.NodeDaemonEndpoints{KubeletEndpoint: v1.DaemonEndpoint{Port: int32(a.opts.KubeletAPI.Port)}},
 			Addresses: []v1.NodeAddress{
 				{Type: v1.NodeInternalIP, Address: a.opts.NodeIP},
 				{Type: v1.NodeHostName, Address: a.opts.NodeName},

@@ -70,6 +70,8 @@ type Options struct {
 
 	// Client, when set, is used instead of a client built from Kubeconfig.
 	Client kubernetes.Interface
+	// KubeletAPI serves the kubelet's log endpoint for kubectl logs; a zero port serves none.
+	KubeletAPI KubeletAPIOptions
 	// Clock, when set, replaces the real clock.
 	Clock clock.WithTicker
 }
@@ -150,6 +152,7 @@ func (o *Options) Validate() []error {
 	if o.CPU.Sign() < 0 || o.Memory.Sign() < 0 {
 		errs = append(errs, fmt.Errorf("cpu %s, memory %s: must not be negative", o.CPU.String(), o.Memory.String()))
 	}
+	errs = append(errs, o.KubeletAPI.validate()...)
 	return errs
 }
 

@@ -479,11 +479,15 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 	gen := c.gen + 1
 	specPath := filepath.Join(w.podDir, "containers", c.spec.Name, fmt.Sprintf("launch-%d.json", gen))
 	logPath := filepath.Join(w.agent.opts.StateDir, "logs", fmt.Sprintf("%s_%s_%s", w.pod.Namespace, w.pod.Name, w.uid), c.spec.Name, fmt.Sprintf("%d.log", gen-1))
+	// Marked before the start, so that an exit can never come before the mark.
+	w.agent.logs.set(logPath, true)
 	proc, err := w.agent.runtime.start(spec, specPath, logPath, func(st exitStatus) {
+		w.agent.logs.set(logPath, false)
 		// Buffered for every container's single live process: never blocks.
 		w.exits <- containerExit{index: i, gen: gen, st: st}
 	})
 	if err != nil {
+		w.agent.logs.set(logPath, false)
 		for _, r := range release {
 			r()
 		}

@@ -10,6 +10,8 @@
 //	/write?path=P&data=D  writes D to P (creating the file), answers "ok"
 //	/env?name=N           the value of environment variable N
 //	/hostname             the hostname
+//	/log?line=L           prints L on standard output (the container log), answers "ok"
+//	/exit?code=N          exits with code N once the answer is sent
 //	/healthz              "ok"
 package main
 
@@ -88,6 +90,25 @@ func newMux() *http.ServeMux {
 			return
 		}
 		fmt.Fprint(w, v)
+	})
+	mux.HandleFunc("/log", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println(r.URL.Query().Get("line"))
+		fmt.Fprint(w, "ok")
+	})
+	mux.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.URL.Query().Get("code"))
+		if err != nil {
+			http.Error(w, "code: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprint(w, "ok")
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+		go func() {
+			time.Sleep(100 * time.Millisecond) // let the answer leave
+			os.Exit(code)
+		}()
 	})
 	mux.HandleFunc("/hostname", func(w http.ResponseWriter, _ *http.Request) {
 		h, err := os.Hostname()
