@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned local-cluster components (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, helm) from the modules under hack/tools into .local/bin.
+# kube-scheduler, kubectl, etcd, helm) from the modules under hack/tools into .local/bin,
+# and CoreDNS (the cluster DNS) through hack/build-module.sh.
 #
 # The build is keyed by a stamp: a hash of the pinning files, the Go version and the
 # build flags. A second run with the same pin prints that the tools are up to date and
@@ -60,6 +61,14 @@ for b in "${binaries[@]}"; do
 		up_to_date=0
 	fi
 done
+# Components built inside their own downloaded module, each under its own stamp, so that a
+# new pin here never rebuilds the control plane.
+module_flags=()
+if [[ "${force}" == 1 ]]; then
+	module_flags=(-f)
+fi
+"${root}/hack/build-module.sh" coredns github.com/coredns/coredns v1.15.0 . "${module_flags[@]}"
+
 if [[ "${up_to_date}" == 1 ]]; then
 	echo "pinned tools in ${out} are up to date (stamp ${stamp:0:12})"
 	exit 0

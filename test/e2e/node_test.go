@@ -349,3 +349,99 @@ func TestKubectlLogs(t *testing.T) {
 		})
 	}
 }
+
+// TestServicesAndClusterDNS calls Services from a pod the way applications do: by name,
+// through the cluster DNS (CoreDNS behind kube-dns), to a ClusterIP that forwards to the
+// Service's ready endpoints; a headless Service's name resolves to its pods.
+func TestServicesAndClusterDNS(t *testing.T) {
+	c := framework.Cluster(t)
+	client := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	hostResolv, _ := os.ReadFile("/etc/resolv.conf")
+	const ns = "node-dns"
+	must[*corev1.Namespace](t, "namespace")(client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}))
+	labels := map[string]string{"app": "web"}
+	testhost := corev1.Container{
+		Name: "testhost", Image: "wsscale/testhost:dev", Args: []string{"serve", "--port", fmt.Sprint(testhostPort)},
+		ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
+			HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(testhostPort)},
+		}},
+	}
+	for _, name := range []string{"web-1", "web-2"} {
+		must[*corev1.Pod](t, "web pod")(client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+			Spec:       corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](2), Containers: []corev1.Container{testhost}},
+		}, metav1.CreateOptions{}))
+	}
+	must[*corev1.Pod](t, "client pod")(client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "client"},
+		Spec:       corev1.PodSpec{TerminationGracePeriodSeconds: ptr.To[int64](2), Containers: []corev1.Container{testhost}},
+	}, metav1.CreateOptions{}))
+	svc := must[*corev1.Service](t, "service")(client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web"},
+		Spec: corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{
+			{Name: "http", Port: 80, TargetPort: intstr.FromInt32(testhostPort)},
+		}},
+	}, metav1.CreateOptions{}))
+	must[*corev1.Service](t, "headless service")(client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web-headless"},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone, Selector: labels, Ports: []corev1.ServicePort{
+			{Name: "http", Port: testhostPort},
+		}},
+	}, metav1.CreateOptions{}))
+	web1 := waitPodReady(ctx, t, client, ns, "web-1")
+	web2 := waitPodReady(ctx, t, client, ns, "web-2")
+	th := testhostClient{c: c, ip: waitPodReady(ctx, t, client, ns, "client")}
+
+	resolv := th.get(ctx, t, "/cat", "path", "/etc/resolv.conf")
+	if !strings.Contains(resolv, "nameserver "+localcluster.ClusterDNSIP+"\n") || !strings.Contains(resolv, "search node-dns.svc.cluster.local svc.cluster.local cluster.local\n") {
+		t.Errorf("the pod's resolv.conf does not name the cluster DNS:\n%s", resolv)
+	}
+	// The cluster DNS is a Deployment like any other; wait until it serves.
+	poll(ctx, t, "the cluster DNS answers from the pod", 2*time.Minute, func() (bool, string) {
+		got, code := th.try(ctx, "/resolve", "name", "kubernetes.default")
+		return code == http.StatusOK && got == "198.19.0.1", fmt.Sprintf("%d %s", code, got)
+	})
+	for _, tc := range []struct{ name, want string }{
+		{"web", svc.Spec.ClusterIP},
+		{"web.node-dns", svc.Spec.ClusterIP},
+		{"web.node-dns.svc.cluster.local", svc.Spec.ClusterIP},
+		{"web-headless", strings.Join(sortedPair(web1, web2), "\n")},
+	} {
+		if got, code := th.try(ctx, "/resolve", "name", tc.name); code != http.StatusOK || got != tc.want {
+			t.Errorf("resolve %s from the pod: %d %q, want %q", tc.name, code, got, tc.want)
+		}
+	}
+	seen := map[string]int{}
+	for range 8 {
+		got, code := th.try(ctx, "/fetch", "url", "http://web/hostname")
+		if code != http.StatusOK {
+			t.Fatalf("GET http://web/hostname from the pod: %d %s", code, got)
+		}
+		seen[got]++
+	}
+	if seen["web-1"] == 0 || seen["web-2"] == 0 || len(seen) != 2 {
+		t.Errorf("the Service's ClusterIP spread 8 requests as %v, want both web pods", seen)
+	}
+	// A pod that is not ready leaves the Service: its endpoint is no longer used.
+	must[*corev1.Pod](t, "delete web-2")(nil, client.CoreV1().Pods(ns).Delete(ctx, "web-2", metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}))
+	poll(ctx, t, "only web-1 answers behind the Service", time.Minute, func() (bool, string) {
+		for range 4 {
+			if got, code := th.try(ctx, "/fetch", "url", "http://web.node-dns.svc/hostname"); code != http.StatusOK || got != "web-1" {
+				return false, fmt.Sprintf("%d %s", code, got)
+			}
+		}
+		return true, "web-1 x4"
+	})
+	if after, _ := os.ReadFile("/etc/resolv.conf"); string(after) != string(hostResolv) {
+		t.Errorf("the host's /etc/resolv.conf changed:\nbefore %q\nafter  %q", hostResolv, after)
+	}
+}
+
+func sortedPair(a, b string) []string {
+	if a > b {
+		a, b = b, a
+	}
+	return []string{a, b}
+}

@@ -23,6 +23,8 @@ func (s *supervisor) startNodeAgent() error {
 		PodCIDR:       PodCIDR,
 		Images:        s.cfg.Images,
 		StateDir:      s.path("node"),
+		ClusterDNS:    []string{ClusterDNSIP},
+		ClusterDomain: ClusterDomain,
 		KubeletAPI: nodeagent.KubeletAPIOptions{
 			Port:         KubeletPort,
 			CertFile:     s.pki.KubeletServing.CertFile,

@@ -242,9 +242,15 @@ func wantedNodePorts(services []*corev1.Service) map[int32]servicePort {
 	return want
 }
 
-// readyEndpoints lists "ip:port" for every ready endpoint of the named port, in a
+// readyEndpoints lists "ip:port" for every ready endpoint of the named TCP port, in a
 // stable order.
 func readyEndpoints(slices []*discoveryv1.EndpointSlice, portName string) []string {
+	return readyEndpointsFor(slices, portName, corev1.ProtocolTCP)
+}
+
+// readyEndpointsFor lists "ip:port" for every ready endpoint of the named port and
+// protocol, in a stable order.
+func readyEndpointsFor(slices []*discoveryv1.EndpointSlice, portName string, protocol corev1.Protocol) []string {
 	seen := map[string]bool{}
 	var out []string
 	for _, s := range slices {
@@ -261,7 +267,7 @@ func readyEndpoints(slices []*discoveryv1.EndpointSlice, portName string) []stri
 			if p.Protocol != nil {
 				proto = *p.Protocol
 			}
-			if name == portName && proto == corev1.ProtocolTCP && p.Port != nil {
+			if name == portName && proto == protocol && p.Port != nil {
 				port = *p.Port
 				break
 			}

@@ -99,6 +99,9 @@ func DefaultImages(binDir string) map[string]string {
 		"wsscale/echo":     filepath.Join(binDir, "echo"),
 		"wsscale/adapter":  filepath.Join(binDir, "adapter"),
 		"wsscale/testhost": filepath.Join(binDir, "testhost"),
+		// The cluster DNS (CoreDNS, hack/build-module.sh builds it).
+		"registry.k8s.io/coredns/coredns": filepath.Join(binDir, "coredns"),
+		"coredns/coredns":                 filepath.Join(binDir, "coredns"),
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -137,6 +138,8 @@ type supervisor struct {
 	agentCancel context.CancelFunc
 	agentDone   chan error
 	agentRuns   bool
+
+	services *serviceProxy
 }
 
 // nodeAgentRunner is the part of the node agent the supervisor drives.
@@ -248,6 +251,24 @@ func (s *supervisor) start(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	if err := routeServiceRange(ServiceCIDR); err != nil {
+		return err
+	}
+	s.services = newServiceProxy(client, func(p servicePort) string {
+		// Nothing maintains the kubernetes Service's endpoints (--endpoint-reconciler-type=none).
+		if p.Namespace == metav1.NamespaceDefault && p.Service == "kubernetes" {
+			return net.JoinHostPort(NodeIP, strconv.Itoa(APIServerPort))
+		}
+		return ""
+	})
+	if err := s.services.Start(); err != nil {
+		return err
+	}
+	if err := s.waitFor(ctx, "cluster DNS objects", func(ctx context.Context) error {
+		return installClusterDNS(ctx, client)
+	}); err != nil {
+		return err
+	}
 	if err := s.startNodeAgent(); err != nil {
 		return err
 	}
@@ -340,6 +361,10 @@ func (s *supervisor) teardown() {
 		}
 		t.Stop()
 		s.agentRuns = false
+	}
+	if s.services != nil {
+		s.services.Stop()
+		s.services = nil
 	}
 	for i := len(s.components) - 1; i >= 0; i-- {
 		s.components[i].Stop(s.cfg.ComponentGracePeriod)

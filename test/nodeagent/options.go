@@ -70,6 +70,10 @@ type Options struct {
 
 	// Client, when set, is used instead of a client built from Kubeconfig.
 	Client kubernetes.Interface
+	// ClusterDNS are the nameservers of pods with the ClusterFirst DNS policy, and
+	// ClusterDomain their search domain; without them such pods keep the node's resolver.
+	ClusterDNS    []string
+	ClusterDomain string
 	// KubeletAPI serves the kubelet's log endpoint for kubectl logs; a zero port serves none.
 	KubeletAPI KubeletAPIOptions
 	// Clock, when set, replaces the real clock.

@@ -465,6 +465,17 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 		retry("CreateContainerConfigError", err)
 		return
 	}
+	if content, own := resolvConf(pod, w.agent.opts.ClusterDNS, w.agent.opts.ClusterDomain); own {
+		path := filepath.Join(w.podDir, "resolv.conf")
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			for _, r := range release {
+				r()
+			}
+			retry("CreateContainerConfigError", fmt.Errorf("write resolv.conf: %w", err))
+			return
+		}
+		mounts = append(mounts, bindMount{Source: path, Target: "/etc/resolv.conf"})
+	}
 	argv := append([]string{binary}, containerArgs(&c.spec, env)...)
 	spec := &launchSpec{
 		NetNS:    w.netns,

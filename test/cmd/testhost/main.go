@@ -12,6 +12,8 @@
 //	/hostname             the hostname
 //	/log?line=L           prints L on standard output (the container log), answers "ok"
 //	/exit?code=N          exits with code N once the answer is sent
+//	/resolve?name=N       the addresses N resolves to through the pod's /etc/resolv.conf, one a line
+//	/fetch?url=U          the body of an HTTP GET of U from inside the pod
 //	/healthz              "ok"
 package main
 
@@ -20,11 +22,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
+	"sort"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -109,6 +114,36 @@ func newMux() *http.ServeMux {
 			time.Sleep(100 * time.Millisecond) // let the answer leave
 			os.Exit(code)
 		}()
+	})
+	mux.HandleFunc("/resolve", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		resolver := &net.Resolver{PreferGo: true}
+		addrs, err := resolver.LookupHost(ctx, r.URL.Query().Get("name"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		sort.Strings(addrs)
+		fmt.Fprint(w, strings.Join(addrs, "\n"))
+	})
+	mux.HandleFunc("/fetch", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, r.URL.Query().Get("url"), nil)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		// A new connection per fetch, so that a Service spreads fetches as it spreads connections.
+		resp, err := (&http.Client{Transport: &http.Transport{DisableKeepAlives: true}}).Do(req)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, io.LimitReader(resp.Body, 1<<20))
 	})
 	mux.HandleFunc("/hostname", func(w http.ResponseWriter, _ *http.Request) {
 		h, err := os.Hostname()
