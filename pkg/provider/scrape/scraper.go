@@ -14,7 +14,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -414,25 +413,22 @@ func (s *Scraper) scrape(ctx context.Context, w *worker, u *url.URL) ([]Value, R
 		}
 		return nil, ReasonParse, err
 	}
+	// Each series stands alone: one that is absent or invalid leaves the
+	// others their values, so that a metric a pod does not serve never
+	// blanks one it does.
 	values := make([]Value, len(s.cfg.Series))
 	for i, series := range s.cfg.Series {
 		samples := p.Samples(i)
 		switch {
 		case len(samples) == 0:
-			if !series.Optional {
-				return nil, ReasonMissing, fmt.Errorf("series %s not exposed", series.Name)
-			}
-			continue
+			values[i].Problem = ReasonMissing
 		case len(samples) > 1:
-			return nil, ReasonDuplicate, fmt.Errorf("%d series match %s (lines %d and %d): %w",
-				len(samples), series.Name, samples[0].Line, samples[1].Line, exposition.ErrDuplicateSeries)
+			values[i].Problem = ReasonDuplicate
+		case series.Rule.check(samples[0].Value) != "":
+			values[i].Problem = ReasonInvalidValue
+		default:
+			values[i] = Value{Value: samples[0].Value, Present: true}
 		}
-		v := samples[0].Value
-		if problem := series.Rule.check(v); problem != "" {
-			return nil, ReasonInvalidValue, fmt.Errorf("line %d: %s = %s is %s, want a %s value",
-				samples[0].Line, series.Name, strconv.FormatFloat(v, 'g', -1, 64), problem, series.Rule)
-		}
-		values[i] = Value{Value: v, Present: true}
 	}
 	return values, "", nil
 }

@@ -27,7 +27,7 @@ const waitFor = 10 * time.Second
 
 var (
 	activeSeries = Series{Name: "websocket_connections_active", Rule: Count}
-	maxSeries    = Series{Name: "websocket_connections_max", Rule: Count, Optional: true}
+	maxSeries    = Series{Name: "websocket_connections_max", Rule: Count}
 )
 
 // event is one call of the sink.
@@ -189,14 +189,14 @@ func TestScrapeOutcomes(t *testing.T) {
 		wantErr     string
 	}{
 		{
-			name:    "gauge and optional limit",
+			name:    "gauge and limit",
 			handler: text("# TYPE websocket_connections_active gauge\nwebsocket_connections_active 1234\nwebsocket_connections_max 10000\n"),
 			want:    []Value{{Value: 1234, Present: true}, {Value: 10000, Present: true}},
 		},
 		{
-			name:    "optional series absent",
+			name:    "one series absent",
 			handler: text("websocket_connections_active 0\n"),
-			want:    []Value{{Value: 0, Present: true}, {}},
+			want:    []Value{{Value: 0, Present: true}, {Problem: ReasonMissing}},
 		},
 		{
 			name: "openmetrics",
@@ -204,7 +204,7 @@ func TestScrapeOutcomes(t *testing.T) {
 				w.Header().Set("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
 				_, _ = io.WriteString(w, "# TYPE websocket_connections_active gauge\nwebsocket_connections_active 7 1700000000.5\n# EOF\n")
 			},
-			want: []Value{{Value: 7, Present: true}, {}},
+			want: []Value{{Value: 7, Present: true}, {Problem: ReasonMissing}},
 		},
 		{
 			name: "openmetrics cut before # EOF",
@@ -307,34 +307,29 @@ func TestScrapeOutcomes(t *testing.T) {
 			wantErr:     "scrape timed out",
 		},
 		{
-			name:       "NaN",
-			handler:    text("websocket_connections_active NaN\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "websocket_connections_active = NaN is NaN",
+			name:    "NaN",
+			handler: text("websocket_connections_active NaN\nwebsocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonInvalidValue}, {Value: 10, Present: true}},
 		},
 		{
-			name:       "+Inf",
-			handler:    text("websocket_connections_active +Inf\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "is infinite",
+			name:    "+Inf",
+			handler: text("websocket_connections_active +Inf\n"),
+			want:    []Value{{Problem: ReasonInvalidValue}, {Problem: ReasonMissing}},
 		},
 		{
-			name:       "negative count",
-			handler:    text("websocket_connections_active -3\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "= -3 is negative",
+			name:    "negative count",
+			handler: text("websocket_connections_active -3\nwebsocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonInvalidValue}, {Value: 10, Present: true}},
 		},
 		{
-			name:       "non-integer count",
-			handler:    text("websocket_connections_active 2.5\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "= 2.5 is not an integer count",
+			name:    "non-integer count",
+			handler: text("websocket_connections_active 2.5\nwebsocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonInvalidValue}, {Value: 10, Present: true}},
 		},
 		{
-			name:       "invalid optional series fails too",
-			handler:    text("websocket_connections_active 2\nwebsocket_connections_max -Inf\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "websocket_connections_max = -Inf is infinite",
+			name:    "invalid limit leaves the count",
+			handler: text("websocket_connections_active 2\nwebsocket_connections_max -Inf\n"),
+			want:    []Value{{Value: 2, Present: true}, {Problem: ReasonInvalidValue}},
 		},
 		{
 			name:       "duplicate series",
@@ -343,16 +338,19 @@ func TestScrapeOutcomes(t *testing.T) {
 			wantErr:    "line 2: duplicate series",
 		},
 		{
-			name:       "two label sets match one series",
-			handler:    text("websocket_connections_active{path=\"/a\"} 2\nwebsocket_connections_active{path=\"/b\"} 3\n"),
-			wantReason: ReasonDuplicate,
-			wantErr:    "2 series match websocket_connections_active (lines 1 and 2)",
+			name:    "two label sets match one series",
+			handler: text("websocket_connections_active{path=\"/a\"} 2\nwebsocket_connections_active{path=\"/b\"} 3\nwebsocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonDuplicate}, {Value: 10, Present: true}},
 		},
 		{
-			name:       "required series missing",
-			handler:    text("go_goroutines 8\n"),
-			wantReason: ReasonMissing,
-			wantErr:    "series websocket_connections_active not exposed",
+			name:    "no wanted series",
+			handler: text("go_goroutines 8\n"),
+			want:    []Value{{Problem: ReasonMissing}, {Problem: ReasonMissing}},
+		},
+		{
+			name:    "count absent, limit present",
+			handler: text("websocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonMissing}, {Value: 10, Present: true}},
 		},
 	}
 	for _, tc := range tests {
