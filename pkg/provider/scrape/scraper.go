@@ -1,7 +1,9 @@
 // Package scrape reads the connection counts of pods from their metrics
 // endpoints: a bounded pool of workers fed by a schedule that spreads every
 // target over the interval, one keep-alive HTTP transport, a timeout and a
-// size limit per scrape, and the zero-allocation exposition parser.
+// size limit per scrape, and the zero-allocation exposition parser. Failing
+// targets back off and hold a bounded share of the workers, so that pods
+// that hang (a dead node) do not delay the healthy ones.
 package scrape
 
 import (
@@ -11,6 +13,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -49,13 +52,24 @@ type Scraper struct {
 	seed      maphash.Seed
 	// offset places a target in the interval; tests replace it.
 	offset func(PodKey) time.Duration
+	// jitter returns a number in [0, 1) that shortens a back-off; tests
+	// replace it.
+	jitter func() float64
+	// requeued, when set by a test, is told each time a target is put back
+	// in the schedule after a scrape, with its due time, under mu.
+	requeued func(key PodKey, due time.Time)
 
 	mu      sync.Mutex
 	targets map[PodKey]*target
-	queue   targetQueue
-	running bool
-	wake    chan struct{}
-	work    chan *target
+	// queue holds the targets whose last scrape succeeded (or that were
+	// never scraped), failing those whose last scrape failed: at most
+	// FailingConcurrency of the latter are scraped at once.
+	queue          targetQueue
+	failing        targetQueue
+	failingRunning int
+	running        bool
+	wake           chan struct{}
+	work           chan *target
 }
 
 // target is the schedule entry of one pod. The Scraper's mu guards every
@@ -66,11 +80,16 @@ type target struct {
 	u   *url.URL // parsed url; shared by every scrape, never modified
 	gen uint64   // bumped when the URL changes
 	due time.Time
-	// index is the position in the queue, -1 while not queued (in flight,
+	// index is the position in its queue, -1 while not queued (in flight,
 	// handed to a worker, or removed).
-	index   int
-	removed bool
-	cancel  context.CancelCauseFunc // set while a scrape is in flight
+	index int
+	// failures counts the consecutive failed scrapes; a target with
+	// failures is queued in the failing queue.
+	failures int
+	// failingSlot is set while the target is in flight as a failing one.
+	failingSlot bool
+	removed     bool
+	cancel      context.CancelCauseFunc // set while a scrape is in flight
 	// delivering is held while the sink is called for this target, so
 	// that Remove can wait for a call in progress.
 	delivering sync.Mutex
@@ -84,6 +103,7 @@ func New(cfg Config, sink Sink) (*Scraper, error) {
 	if sink == nil {
 		return nil, errors.New("invalid scrape configuration: no sink")
 	}
+	cfg = cfg.withDefaults()
 	cfg.Series = append([]Series(nil), cfg.Series...)
 	selectors := cfg.selectors()
 	if _, err := exposition.NewParser(selectors...); err != nil {
@@ -117,6 +137,7 @@ func New(cfg Config, sink Sink) (*Scraper, error) {
 		work:      make(chan *target),
 	}
 	s.offset = s.hashOffset
+	s.jitter = rand.Float64
 	return s, nil
 }
 
@@ -147,6 +168,13 @@ func (s *Scraper) Set(t Target) error {
 		if old.cancel != nil {
 			old.cancel(errTargetChanged)
 		}
+		// A new address is a new chance: no back-off from the old one.
+		if old.failures > 0 && old.index >= 0 {
+			heap.Remove(&s.failing, old.index)
+			old.failures = 0
+			s.push(old)
+		}
+		old.failures = 0
 		return nil
 	}
 	tg := &target{key: t.Key, url: t.URL, u: u, index: -1}
@@ -171,7 +199,7 @@ func (s *Scraper) Remove(key PodKey) {
 	delete(s.targets, key)
 	t.removed = true
 	if t.index >= 0 {
-		heap.Remove(&s.queue, t.index)
+		heap.Remove(s.queueOf(t), t.index)
 	}
 	if t.cancel != nil {
 		t.cancel(errTargetRemoved)
@@ -187,6 +215,79 @@ func (s *Scraper) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.targets)
+}
+
+// queueOf returns the queue a target is in, or goes to: failing when its
+// last scrape failed. mu must be held.
+func (s *Scraper) queueOf(t *target) *targetQueue {
+	if t.failures > 0 {
+		return &s.failing
+	}
+	return &s.queue
+}
+
+// push queues a target in its queue and wakes the dispatcher if it is the
+// next due there. mu must be held.
+func (s *Scraper) push(t *target) {
+	q := s.queueOf(t)
+	heap.Push(q, t)
+	if t.index == 0 {
+		s.notify()
+	}
+}
+
+// nextLocked pops the next target to scrape if one is due, or returns how
+// long until one is (-1: none queued). A failing target is considered only
+// while fewer than FailingConcurrency failing scrapes run. mu must be held.
+func (s *Scraper) nextLocked(now time.Time) (*target, time.Duration) {
+	var q *targetQueue
+	if len(s.queue) > 0 {
+		q = &s.queue
+	}
+	if len(s.failing) > 0 && s.failingRunning < s.cfg.FailingConcurrency &&
+		(q == nil || s.failing[0].due.Before(s.queue[0].due)) {
+		q = &s.failing
+	}
+	if q == nil {
+		return nil, -1
+	}
+	if head := (*q)[0]; head.due.After(now) {
+		return nil, head.due.Sub(now)
+	}
+	t := heap.Pop(q).(*target)
+	if q == &s.failing {
+		t.failingSlot = true
+		s.failingRunning++
+	}
+	return t, 0
+}
+
+// releaseLocked frees the failing slot a finished scrape held. mu must be
+// held.
+func (s *Scraper) releaseLocked(t *target) {
+	if t.failingSlot {
+		t.failingSlot = false
+		s.failingRunning--
+		if len(s.failing) > 0 {
+			s.notify()
+		}
+	}
+}
+
+// backoff returns when a target that failed failures times in a row, the
+// last time in a scrape started at start, is scraped next.
+func (s *Scraper) backoff(t *target, start time.Time) time.Time {
+	if t.failures <= 1 {
+		// One failure may be a blip: keep the target's place.
+		return nextDue(t.due, start, s.cfg.Interval)
+	}
+	d := s.cfg.Interval
+	for i := 1; i < t.failures && d < s.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, s.cfg.BackoffMax)
+	d -= time.Duration(float64(d) * s.jitter() / 5)
+	return start.Add(d)
 }
 
 func (s *Scraper) notify() {
@@ -208,7 +309,8 @@ func (s *Scraper) Run(ctx context.Context) error {
 	s.mu.Unlock()
 
 	klog.InfoS("Starting scraper", "interval", s.cfg.Interval, "timeout", s.cfg.Timeout,
-		"concurrency", s.cfg.Concurrency, "maxBodyBytes", s.cfg.MaxBodyBytes, "targets", s.Len())
+		"concurrency", s.cfg.Concurrency, "failingConcurrency", s.cfg.FailingConcurrency,
+		"backoffMax", s.cfg.BackoffMax, "maxBodyBytes", s.cfg.MaxBodyBytes, "targets", s.Len())
 	defer klog.InfoS("Stopped scraper")
 	var wg sync.WaitGroup
 	for range s.cfg.Concurrency {
@@ -227,16 +329,8 @@ func (s *Scraper) dispatch(ctx context.Context) {
 	stopTimer(timer)
 	for {
 		s.mu.Lock()
-		var next *target
-		wait := time.Duration(-1)
 		now := clk.Now()
-		if len(s.queue) > 0 {
-			if head := s.queue[0]; head.due.After(now) {
-				wait = head.due.Sub(now)
-			} else {
-				next = heap.Pop(&s.queue).(*target)
-			}
-		}
+		next, wait := s.nextLocked(now)
 		s.mu.Unlock()
 
 		if next != nil {
@@ -310,6 +404,7 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 
 	s.mu.Lock()
 	if t.removed {
+		s.releaseLocked(t)
 		s.mu.Unlock()
 		return
 	}
@@ -342,16 +437,29 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.releaseLocked(t)
 	if t.removed || ctx.Err() != nil {
 		return
 	}
-	// Slots are skipped only if they passed before this scrape started: one
-	// that came due while the scrape ran is kept, so a scrape that ends just
-	// after its next slot does not cost the pod an interval of freshness.
-	t.due = nextDue(t.due, start, s.cfg.Interval)
-	heap.Push(&s.queue, t)
-	if t.index == 0 {
-		s.notify()
+	switch {
+	case t.gen != gen:
+		// The URL changed during the scrape: its outcome says nothing
+		// about the new one.
+		t.due = nextDue(t.due, start, s.cfg.Interval)
+	case err != nil:
+		t.failures++
+		t.due = s.backoff(t, start)
+	default:
+		t.failures = 0
+		// Slots are skipped only if they passed before this scrape
+		// started: one that came due while the scrape ran is kept, so a
+		// scrape that ends just after its next slot does not cost the pod
+		// an interval of freshness.
+		t.due = nextDue(t.due, start, s.cfg.Interval)
+	}
+	s.push(t)
+	if s.requeued != nil {
+		s.requeued(t.key, t.due)
 	}
 }
 

@@ -437,11 +437,15 @@ func TestRequestHeaders(t *testing.T) {
 
 // TestSlowTargetsDoNotBlockOthers occupies all workers but one with targets
 // that never answer, and checks that another target keeps its schedule.
-// With one worker fewer the fast target would never be scraped.
+// With one worker fewer the fast target would never be scraped. The slow
+// targets may take all those workers (FailingConcurrency) and keep their
+// slot after one failure; from the second they back off, which
+// TestBackoffSchedule covers.
 func TestSlowTargetsDoNotBlockOthers(t *testing.T) {
 	const workers = 4
 	cfg := testConfig()
 	cfg.Concurrency = workers
+	cfg.FailingConcurrency = workers - 1
 	cfg.Timeout = cfg.Interval
 	s, sink, clk := startScraper(t, cfg)
 
@@ -486,7 +490,7 @@ func TestSlowTargetsDoNotBlockOthers(t *testing.T) {
 			}
 		}
 	}
-	const rounds = 3
+	const rounds = 2
 	for round := range rounds {
 		waitEntered() // every worker but one is now stuck
 		clk.Step(cfg.Interval / 2)
@@ -790,10 +794,12 @@ func TestConfigValidate(t *testing.T) {
 			{Name: "b", Labels: []exposition.Label{{Name: "x", Value: "1"}}},
 			{Name: "c", Labels: []exposition.Label{{Name: ""}, {Name: "y"}, {Name: "y"}}},
 		},
-		Interval:     time.Second,
-		Timeout:      2 * time.Second,
-		Concurrency:  0,
-		MaxBodyBytes: 0,
+		Interval:           time.Second,
+		Timeout:            2 * time.Second,
+		Concurrency:        0,
+		MaxBodyBytes:       0,
+		FailingConcurrency: -1,
+		BackoffMax:         time.Millisecond,
 	}
 	errs := bad.Validate()
 	var msgs []string
@@ -805,6 +811,7 @@ func TestConfigValidate(t *testing.T) {
 		"series 0: empty name", "series 1 (a): unknown value rule 9", "series 3 (b): given twice",
 		"series 4 (c): empty label name", `series 4 (c): label "y" given twice`,
 		"timeout 2s exceeds the interval 1s", "concurrency must be at least 1", "max body bytes must be positive", "no clock",
+		"failing concurrency must not be negative", "back-off maximum 1ms is shorter than the interval 1s",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("Validate does not report %q; got:\n%s", want, all)
@@ -815,6 +822,11 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := New(testConfig(), nil); err == nil {
 		t.Error("New accepted a nil sink")
+	}
+	tooMany := testConfig()
+	tooMany.FailingConcurrency = tooMany.Concurrency + 1
+	if errs := tooMany.Validate(); len(errs) != 1 || !strings.Contains(errs[0].Error(), "failing concurrency 5 exceeds the concurrency 4") {
+		t.Errorf("failing concurrency above concurrency: %v", errs)
 	}
 	empty := Config{}
 	if errs := empty.Validate(); len(errs) < 5 {
