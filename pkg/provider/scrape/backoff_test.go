@@ -254,3 +254,73 @@ func TestConfigDefaultsForFailingTargets(t *testing.T) {
 		})
 	}
 }
+
+// TestHangingScrapesLeaveTheirWorkers runs 6 new targets that hang and 2
+// healthy ones due just after them on 2 workers. Each hanging scrape holds
+// its worker for SlowAfter only: the first two go on waiting in the
+// background (as many as there are workers), the next are cut as timed out,
+// and the healthy targets are scraped well before the hanging scrapes'
+// timeout. Without it the healthy ones would wait for two full timeouts.
+func TestHangingScrapesLeaveTheirWorkers(t *testing.T) {
+	pods := newFakePods()
+	cfg := testConfig()
+	cfg.Concurrency = 2
+	cfg.SlowAfter = time.Second
+	cfg.Transport = pods
+	s, sink, clk := startScraper(t, cfg)
+	s.offset = func(k PodKey) time.Duration {
+		if strings.HasPrefix(k.Name, "hang") {
+			return 0
+		}
+		return time.Millisecond
+	}
+	for i := range 6 {
+		host := fmt.Sprintf("hang-%d:9090", i)
+		pods.mu.Lock()
+		pods.hanging[host] = true
+		pods.mu.Unlock()
+		mustSet(t, s, key(fmt.Sprint("hang-", i)), "http://"+host+"/metrics")
+	}
+	for i := range 2 {
+		mustSet(t, s, key(fmt.Sprint("ok-", i)), fmt.Sprintf("http://ok-%d:9090/metrics", i))
+	}
+	entered := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-pods.enteredCh:
+			case <-time.After(waitFor):
+				t.Fatal("hanging scrapes not started")
+			}
+		}
+	}
+	clk.Step(time.Millisecond)
+	entered(2)
+	clk.Step(cfg.SlowAfter) // the first two wait in the background
+	entered(2)
+	clk.Step(cfg.SlowAfter) // the waiting slots are full: cut, and the next two start
+	entered(2)
+	clk.Step(cfg.SlowAfter) // cut again; the healthy targets get the workers
+	cut, ok := 0, 0
+	for cut < 4 || ok < 2 {
+		e := sink.next(t)
+		switch {
+		case strings.HasPrefix(e.key.Name, "hang") && e.failure != nil && e.failure.Reason == ReasonTimeout:
+			cut++
+		case strings.HasPrefix(e.key.Name, "ok") && e.failure == nil:
+			ok++
+		default:
+			t.Fatalf("%v, want hanging scrapes cut as timed out and healthy ones scraped", e)
+		}
+	}
+	if elapsed := clk.Since(t0); elapsed >= cfg.Timeout {
+		t.Errorf("healthy targets scraped after %v, want before the %v timeout", elapsed, cfg.Timeout)
+	}
+	// The two waiting scrapes time out in the background.
+	clk.Step(cfg.Timeout)
+	for range 2 {
+		if e := sink.next(t); e.failure == nil || e.failure.Reason != ReasonTimeout {
+			t.Fatalf("%v, want a waiting scrape timing out", e)
+		}
+	}
+}

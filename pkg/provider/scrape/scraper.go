@@ -67,7 +67,11 @@ type Scraper struct {
 	queue          targetQueue
 	failing        targetQueue
 	failingRunning int
-	running        bool
+	// waiting counts the scrapes that went on waiting for an answer in
+	// the background after SlowAfter, each replaced by a new worker.
+	waiting int
+	workers sync.WaitGroup
+	running bool
 	wake           chan struct{}
 	work           chan *target
 }
@@ -312,12 +316,11 @@ func (s *Scraper) Run(ctx context.Context) error {
 		"concurrency", s.cfg.Concurrency, "failingConcurrency", s.cfg.FailingConcurrency,
 		"backoffMax", s.cfg.BackoffMax, "maxBodyBytes", s.cfg.MaxBodyBytes, "targets", s.Len())
 	defer klog.InfoS("Stopped scraper")
-	var wg sync.WaitGroup
 	for range s.cfg.Concurrency {
-		wg.Go(func() { s.worker(ctx) })
+		s.workers.Go(func() { s.worker(ctx) })
 	}
 	s.dispatch(ctx)
-	wg.Wait()
+	s.workers.Wait()
 	return nil
 }
 
@@ -377,6 +380,10 @@ func stopTimer(t clock.Timer) {
 type worker struct {
 	parser *exposition.Parser
 	body   []byte
+	// busy is set while a scrape runs, waiting once the scrape waits in
+	// the background (the worker ends with it). Both are guarded by the
+	// Scraper's mu.
+	busy, waiting bool
 }
 
 func (s *Scraper) worker(ctx context.Context) {
@@ -389,10 +396,37 @@ func (s *Scraper) worker(ctx context.Context) {
 		select {
 		case t := <-s.work:
 			s.scrapeTarget(ctx, w, t)
+			s.mu.Lock()
+			waited := w.waiting
+			s.mu.Unlock()
+			if waited {
+				return // replaced when it started waiting
+			}
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// slow is called when w's scrape has run for SlowAfter. Healthy pods answer
+// well within it; a scrape still waiting is likely a pod that hangs, and
+// must not hold a worker for the whole timeout, or a few hundred hanging
+// pods (a dead node) would hold them all. The scrape goes on in the
+// background and a new worker takes its place, while fewer than Concurrency
+// scrapes wait so; beyond that it is cut, as timed out.
+func (s *Scraper) slow(ctx context.Context, w *worker, cancel context.CancelCauseFunc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !w.busy || w.waiting || ctx.Err() != nil {
+		return
+	}
+	if s.waiting >= s.cfg.Concurrency {
+		cancel(errScrapeTimeout)
+		return
+	}
+	s.waiting++
+	w.waiting = true
+	s.workers.Go(func() { s.worker(ctx) })
 }
 
 // scrapeTarget scrapes t once, reports the outcome unless t was removed or
@@ -410,12 +444,15 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 	}
 	gen, u := t.gen, t.u
 	t.cancel = cancel
+	w.busy = true
 	s.mu.Unlock()
 
 	start := clk.Now()
 	timeout := clk.AfterFunc(s.cfg.Timeout, func() { cancel(errScrapeTimeout) })
+	slow := clk.AfterFunc(s.cfg.SlowAfter, func() { s.slow(ctx, w, cancel) })
 	values, reason, err := s.scrape(scrapeCtx, w, u)
 	timeout.Stop()
+	slow.Stop()
 	duration := clk.Since(start)
 
 	t.delivering.Lock()
@@ -438,6 +475,10 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.releaseLocked(t)
+	w.busy = false
+	if w.waiting {
+		s.waiting--
+	}
 	if t.removed || ctx.Err() != nil {
 		return
 	}
