@@ -72,8 +72,8 @@ type Scraper struct {
 	waiting int
 	workers sync.WaitGroup
 	running bool
-	wake           chan struct{}
-	work           chan *target
+	wake    chan struct{}
+	work    chan *target
 }
 
 // target is the schedule entry of one pod. The Scraper's mu guards every
