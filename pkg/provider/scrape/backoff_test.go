@@ -324,3 +324,41 @@ func TestHangingScrapesLeaveTheirWorkers(t *testing.T) {
 		}
 	}
 }
+
+// TestNewURLEndsBackoff: a target that backs off and gets a new URL (the
+// pod's port changed) starts afresh: its next failure keeps its slot.
+func TestNewURLEndsBackoff(t *testing.T) {
+	pods := newFakePods()
+	pods.refusing["old:9090"], pods.refusing["new:9090"] = true, true
+	cfg := testConfig()
+	cfg.Transport = pods
+	s, sink, clk := startScraper(t, cfg)
+	s.jitter = func() float64 { return 0 }
+	dues := make(chan time.Time, 10)
+	s.requeued = func(_ PodKey, due time.Time) { dues <- due }
+	mustSet(t, s, key("pod"), "http://old:9090/metrics")
+	next := func() time.Time {
+		t.Helper()
+		if e := sink.next(t); e.failure == nil {
+			t.Fatalf("%v, want a failure", e)
+		}
+		select {
+		case due := <-dues:
+			return due
+		case <-time.After(waitFor):
+			t.Fatal("target not requeued")
+			return time.Time{}
+		}
+	}
+	due := next() // first failure: its slot
+	clk.SetTime(due)
+	due2 := next() // second: back-off
+	if got := due2.Sub(due); got != 2*cfg.Interval {
+		t.Fatalf("back-off %v, want %v", got, 2*cfg.Interval)
+	}
+	mustSet(t, s, key("pod"), "http://new:9090/metrics")
+	clk.SetTime(due2)
+	if got := next().Sub(due2); got != cfg.Interval {
+		t.Errorf("after a new URL the next failure waits %v, want %v (its slot)", got, cfg.Interval)
+	}
+}

@@ -176,7 +176,7 @@ func BenchmarkHangingTargets(b *testing.B) {
 			var lastOver time.Time
 			tick := time.NewTicker(250 * time.Millisecond)
 			defer tick.Stop()
-			nextLog := start.Add(10 * time.Second)
+			nextLog := start.Add(15 * time.Second)
 			windowWorst, windowOver := time.Duration(0), 0
 			for now := range tick.C {
 				if now.Sub(start) > measure {
@@ -194,7 +194,7 @@ func BenchmarkHangingTargets(b *testing.B) {
 				if now.After(nextLog) {
 					b.Logf("t=%3.0fs oldest healthy value %5.1fs, healthy pods over %v: %d (scrapes ok %d, failed %d)",
 						now.Sub(start).Seconds(), windowWorst.Seconds(), bound, windowOver, sink.ok.Load(), sink.fail.Load())
-					nextLog = nextLog.Add(10 * time.Second)
+					nextLog = nextLog.Add(15 * time.Second)
 					windowWorst, windowOver = 0, 0
 				}
 			}
