@@ -251,10 +251,10 @@ func (s *Store) MetricStats() []MetricStats {
 				st.Stale++
 			case !math.IsNaN(p.values[m]):
 				st.Fresh++
-			case p.problems[m] == scrape.ReasonMissing:
-				st.Missing++
-			default:
+			case p.problems[m] == scrape.ReasonInvalidValue || p.problems[m] == scrape.ReasonDuplicate:
 				st.Invalid++
+			default:
+				st.Missing++
 			}
 		}
 	}
