@@ -362,3 +362,34 @@ func TestNewURLEndsBackoff(t *testing.T) {
 		t.Errorf("after a new URL the next failure waits %v, want %v (its slot)", got, cfg.Interval)
 	}
 }
+
+// TestFailingTargetIsCutAtSlowAfter: a target whose last scrape failed and
+// that hangs now is cut at SlowAfter instead of waiting in the background,
+// so that failing targets never take the waiting slots of healthy ones and
+// each costs its failing slot SlowAfter only.
+func TestFailingTargetIsCutAtSlowAfter(t *testing.T) {
+	pods := newFakePods()
+	pods.refusing["pod:9090"] = true
+	cfg := testConfig()
+	cfg.SlowAfter = time.Second
+	cfg.Transport = pods
+	s, sink, clk := startScraper(t, cfg)
+	mustSet(t, s, key("pod"), "http://pod:9090/metrics")
+	if e := sink.next(t); e.failure == nil {
+		t.Fatalf("%v, want a failure", e)
+	}
+	pods.mu.Lock()
+	pods.refusing["pod:9090"], pods.hanging["pod:9090"] = false, true
+	pods.mu.Unlock()
+	clk.Step(cfg.Interval)
+	select {
+	case <-pods.enteredCh:
+	case <-time.After(waitFor):
+		t.Fatal("scrape not started")
+	}
+	clk.Step(cfg.SlowAfter)
+	e := sink.next(t)
+	if e.failure == nil || e.failure.Reason != ReasonTimeout || e.failure.Duration != cfg.SlowAfter {
+		t.Fatalf("%v, want the failing target cut as timed out at %v", e, cfg.SlowAfter)
+	}
+}

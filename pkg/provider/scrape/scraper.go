@@ -408,19 +408,21 @@ func (s *Scraper) worker(ctx context.Context) {
 	}
 }
 
-// slow is called when w's scrape has run for SlowAfter. Healthy pods answer
-// well within it; a scrape still waiting is likely a pod that hangs, and
-// must not hold a worker for the whole timeout, or a few hundred hanging
-// pods (a dead node) would hold them all. The scrape goes on in the
+// slow is called when w's scrape of t has run for SlowAfter. Healthy pods
+// answer well within it; a scrape still waiting is likely a pod that hangs,
+// and must not hold a worker for the whole timeout, or a few hundred
+// hanging pods (a dead node) would hold them all. The scrape goes on in the
 // background and a new worker takes its place, while fewer than Concurrency
-// scrapes wait so; beyond that it is cut, as timed out.
-func (s *Scraper) slow(ctx context.Context, w *worker, cancel context.CancelCauseFunc) {
+// scrapes wait so; beyond that it is cut, as timed out. A target that
+// failed last time is cut at once: it would only take a waiting place a
+// healthy pod that is merely slow may need, and hold its failing slot.
+func (s *Scraper) slow(ctx context.Context, w *worker, t *target, cancel context.CancelCauseFunc) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !w.busy || w.waiting || ctx.Err() != nil {
 		return
 	}
-	if s.waiting >= s.cfg.Concurrency {
+	if t.failingSlot || s.waiting >= s.cfg.Concurrency {
 		cancel(errScrapeTimeout)
 		return
 	}
@@ -449,7 +451,7 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 
 	start := clk.Now()
 	timeout := clk.AfterFunc(s.cfg.Timeout, func() { cancel(errScrapeTimeout) })
-	slow := clk.AfterFunc(s.cfg.SlowAfter, func() { s.slow(ctx, w, cancel) })
+	slow := clk.AfterFunc(s.cfg.SlowAfter, func() { s.slow(ctx, w, t, cancel) })
 	values, reason, err := s.scrape(scrapeCtx, w, u)
 	timeout.Stop()
 	slow.Stop()

@@ -447,6 +447,7 @@ func TestSlowTargetsDoNotBlockOthers(t *testing.T) {
 	cfg.Concurrency = workers
 	cfg.FailingConcurrency = workers - 1
 	cfg.Timeout = cfg.Interval
+	cfg.SlowAfter = cfg.Timeout // hold the workers: TestHangingScrapesLeaveTheirWorkers covers SlowAfter
 	s, sink, clk := startScraper(t, cfg)
 
 	entered := make(chan string, 100)
