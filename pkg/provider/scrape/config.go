@@ -47,8 +47,9 @@ type Config struct {
 	// answered by then goes on waiting in the background, up to Timeout,
 	// and a new worker takes its place, so that pods that hang cost each
 	// worker SlowAfter rather than Timeout. At most Concurrency scrapes wait
-	// so; beyond that a scrape is cut at SlowAfter, as timed out. 0 means
-	// DefaultSlowAfter, or Timeout if that is shorter.
+	// so; beyond that, and for a target whose last scrape failed, a scrape
+	// is cut at SlowAfter, as timed out. 0 means DefaultSlowAfter, or
+	// Timeout if that is shorter.
 	SlowAfter time.Duration
 	// BackoffMax caps the back-off of a failing target. A target whose
 	// last scrape failed keeps its place in the interval; from its second
