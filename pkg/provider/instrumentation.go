@@ -64,8 +64,11 @@ func (in *Instruments) ObserveRequest(method, resource string, code int, d time.
 }
 
 // RegisterPodGauges registers the gauges of tracked pods and of their values'
-// states: pods_tracked, and pod_values{state=fresh|stale|failed|pending}
-// when the values come from the Store (store may be nil).
+// states: pods_tracked, and, when the values come from the Store (store may
+// be nil), pod_values{state=fresh|stale|failed|pending} by the outcome of
+// each pod's last scrape and
+// metric_values{metric,state=fresh|stale|failed|pending|missing|invalid} by
+// the state of each metric's value.
 func RegisterPodGauges(reg prometheus.Registerer, tracker *PodTracker, store *Store) error {
 	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "wsscale_adapter", Name: "pods_tracked",
@@ -76,19 +79,26 @@ func RegisterPodGauges(reg prometheus.Registerer, tracker *PodTracker, store *St
 	if store == nil {
 		return nil
 	}
-	return reg.Register(&storeCollector{store: store, desc: prometheus.NewDesc(
-		"wsscale_adapter_pod_values",
-		"Tracked pods by the state of their value: fresh (served), stale (older than --stale-after, not served), failed (last scrape failed) or pending (not scraped yet).",
-		[]string{"state"}, nil)})
+	return reg.Register(&storeCollector{
+		store: store,
+		pods: prometheus.NewDesc(
+			"wsscale_adapter_pod_values",
+			"Tracked pods by the outcome of their last scrape: fresh (scraped successfully within --stale-after), stale (older than --stale-after, not served), failed (last scrape failed) or pending (not scraped yet).",
+			[]string{"state"}, nil),
+		metrics: prometheus.NewDesc(
+			"wsscale_adapter_metric_values",
+			"Tracked pods by the state of one served metric's value: fresh (served), stale, failed, pending, missing (a series of the metric is not exposed) or invalid (a series of the metric broke its rule, was exposed twice, or a divisor was 0).",
+			[]string{"metric", "state"}, nil),
+	})
 }
 
 // storeCollector reads the Store's states at collection time.
 type storeCollector struct {
-	store *Store
-	desc  *prometheus.Desc
+	store         *Store
+	pods, metrics *prometheus.Desc
 }
 
-func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.pods; ch <- c.metrics }
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	st := c.store.Stats()
@@ -96,6 +106,17 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 		state string
 		n     int
 	}{{"fresh", st.Fresh}, {"stale", st.Stale}, {"failed", st.Failed}, {"pending", st.Pending}} {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(s.n), s.state)
+		ch <- prometheus.MustNewConstMetric(c.pods, prometheus.GaugeValue, float64(s.n), s.state)
+	}
+	for _, m := range c.store.MetricStats() {
+		for _, s := range []struct {
+			state string
+			n     int
+		}{
+			{"fresh", m.Fresh}, {"stale", m.Stale}, {"failed", m.Failed}, {"pending", m.Pending},
+			{"missing", m.Missing}, {"invalid", m.Invalid},
+		} {
+			ch <- prometheus.MustNewConstMetric(c.metrics, prometheus.GaugeValue, float64(s.n), m.Metric, s.state)
+		}
 	}
 }

@@ -109,8 +109,8 @@ func ValidateMetrics(metrics []Metric) []error {
 
 // seriesPlan maps served metrics onto the distinct series to scrape.
 type seriesPlan struct {
-	// series are scraped from every pod; numerators are required, series
-	// used only as divisors are optional.
+	// series are scraped from every pod. None is required: a pod that lacks
+	// one has no value for the metrics that use it, and keeps the others.
 	series []scrape.Series
 	// numerator[m] and divisor[m] index series for metric m; divisor is -1
 	// without a divisor.
@@ -133,26 +133,24 @@ func seriesID(s scrape.Series) string {
 func newSeriesPlan(metrics []Metric) seriesPlan {
 	p := seriesPlan{numerator: make([]int, len(metrics)), divisor: make([]int, len(metrics))}
 	index := map[string]int{}
-	add := func(s scrape.Series, optional bool) int {
+	add := func(s scrape.Series) int {
 		id := seriesID(s)
 		if i, ok := index[id]; ok {
 			p.series[i].Rule = max(p.series[i].Rule, s.Rule)
-			p.series[i].Optional = p.series[i].Optional && optional
 			return i
 		}
 		s.Labels = append([]exposition.Label(nil), s.Labels...)
-		s.Optional = optional
 		p.series = append(p.series, s)
 		index[id] = len(p.series) - 1
 		return len(p.series) - 1
 	}
 	for i, m := range metrics {
-		p.numerator[i] = add(m.Series, false)
+		p.numerator[i] = add(m.Series)
 		p.divisor[i] = -1
 	}
 	for i, m := range metrics {
 		if m.DivideBy != nil {
-			p.divisor[i] = add(*m.DivideBy, true)
+			p.divisor[i] = add(*m.DivideBy)
 		}
 	}
 	return p

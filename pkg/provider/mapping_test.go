@@ -16,7 +16,7 @@ func TestDefaultMetricsAreValid(t *testing.T) {
 	series := ScrapeSeries(DefaultMetrics())
 	want := []scrape.Series{
 		{Name: ActiveSeries, Rule: scrape.Count},
-		{Name: MaxSeries, Rule: scrape.Count, Optional: true},
+		{Name: MaxSeries, Rule: scrape.Count},
 	}
 	if !reflect.DeepEqual(series, want) {
 		t.Errorf("ScrapeSeries = %+v, want %+v", series, want)
@@ -55,9 +55,9 @@ metrics:
 		t.Errorf("metrics =\n%+v\nwant\n%+v", metrics, want)
 	}
 	// The same labelled series in two metrics is scraped once, with the
-	// stricter rule; the divisor is optional.
+	// stricter rule.
 	series := ScrapeSeries(metrics)
-	if len(series) != 3 || series[1].Rule != scrape.NonNegative || series[1].Optional || !series[2].Optional {
+	if len(series) != 3 || series[1].Rule != scrape.NonNegative {
 		t.Errorf("ScrapeSeries = %+v", series)
 	}
 }

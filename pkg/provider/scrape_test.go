@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -135,9 +136,14 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 	if got := get(); len(got) != 2 || got["ns/good-1"] != "3" || got["ns/good-2"] != "0" {
 		t.Fatalf("after first scrape: %v, want only good-1=3 and good-2=0", got)
 	}
-	st := store.Stats()
-	if st.Fresh != 2 || st.Failed != len(pods)-2 {
-		t.Errorf("stats %+v", st)
+	// A body without a valid count is a successful scrape without a value
+	// for the metric; an unreachable pod, an error page or garbage fail the
+	// scrape as a whole.
+	if st := store.Stats(); st.Fresh != 7 || st.Failed != 3 {
+		t.Errorf("stats %+v, want 7 fresh scrapes and 3 failed", st)
+	}
+	if st := store.MetricStats()[0]; st != (MetricStats{Metric: ConnectionsMetric, Fresh: 2, Failed: 3, Missing: 1, Invalid: 4}) {
+		t.Errorf("stats of %s: %+v", ConnectionsMetric, st)
 	}
 
 	mu.Lock()
@@ -154,5 +160,107 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 	clk.Step(2*interval + time.Second)
 	if got := get(); len(got) != 0 {
 		t.Fatalf("stale values served: %v", got)
+	}
+}
+
+// TestMissingSeriesBlanksOnlyItsMetric serves the README's two metrics from
+// pods of which only one exposes the second metric's series: every pod keeps
+// websocket_connections, and sessions_per_capacity is missing, or invalid,
+// for the others alone.
+func TestMissingSeriesBlanksOnlyItsMetric(t *testing.T) {
+	metrics, err := ParseMetricsConfig("metrics.yaml", []byte(`metrics:
+- name: websocket_connections
+  series: websocket_connections_active
+  rule: count
+- name: sessions_per_capacity
+  series: app_sessions
+  labels: {region: eu}
+  divideBy: app_capacity
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bodies := map[string]string{
+		"both":         "websocket_connections_active 7\napp_sessions{region=\"eu\"} 30\napp_capacity 60\n",
+		"no-sessions":  "websocket_connections_active 5\n",
+		"no-capacity":  "websocket_connections_active 4\napp_sessions{region=\"eu\"} 30\n",
+		"nan-sessions": "websocket_connections_active 3\napp_sessions{region=\"eu\"} NaN\napp_capacity 60\n",
+		"two-sessions": "websocket_connections_active 2\napp_sessions{region=\"eu\",a=\"1\"} 1\napp_sessions{region=\"eu\",a=\"2\"} 1\napp_capacity 60\n",
+		"no-conns":     "app_sessions{region=\"eu\"} 6\napp_capacity 60\n",
+	}
+	var pods []*corev1.Pod
+	for name, body := range bodies {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, body) }))
+		t.Cleanup(srv.Close)
+		host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+		pods = append(pods, newPod("ns", name, withIP(host), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, port)))
+	}
+	clk := testingclock.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	const interval = 5 * time.Second
+	store := NewStore(metrics, 2*interval, clk, nil)
+	sink := &signallingSink{Store: store, done: make(chan scrape.PodKey, 100)}
+	cfg := scrape.NewConfig(ScrapeSeries(metrics)...)
+	cfg.Interval, cfg.Timeout, cfg.Clock, cfg.Concurrency = interval, 2*time.Second, clk, 4
+	scraper, err := scrape.New(cfg, sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sel := &Selection{RequireAnnotation: true, PortName: DefaultMetricsPortName}
+	tracker := NewPodTracker(sel, scraper, store)
+	for _, p := range pods {
+		tracker.OnAdd(p, true)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runDone := make(chan struct{})
+	go func() { _ = scraper.Run(ctx); close(runDone) }()
+	defer func() { cancel(); <-runDone }()
+	clk.Step(interval)
+	deadline := time.After(20 * time.Second)
+	for range pods {
+		select {
+		case <-sink.done:
+		case <-deadline:
+			t.Fatal("not every pod was scraped")
+		}
+	}
+
+	prov, err := New(Config{Metrics: metrics, Pods: podLister(t, pods...), ReplicaSets: rsLister(t), Selection: sel, Source: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name   string
+		metric string
+		want   map[string]string
+	}{
+		{
+			name: "connections of every pod that exposes them", metric: ConnectionsMetric,
+			want: map[string]string{"ns/both": "7", "ns/no-sessions": "5", "ns/no-capacity": "4", "ns/nan-sessions": "3", "ns/two-sessions": "2"},
+		},
+		{
+			name: "sessions per capacity only where both series are valid", metric: "sessions_per_capacity",
+			want: map[string]string{"ns/both": "500m", "ns/no-conns": "100m"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			list, err := prov.GetMetricBySelector(context.Background(), "ns", labels.Everything(), podInfo(tt.metric), labels.Everything())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := podNames(list); fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+	wantStats := []MetricStats{
+		{Metric: ConnectionsMetric, Fresh: 5, Missing: 1},
+		{Metric: "sessions_per_capacity", Fresh: 2, Missing: 2, Invalid: 2},
+	}
+	if got := store.MetricStats(); !reflect.DeepEqual(got, wantStats) {
+		t.Errorf("MetricStats = %+v, want %+v", got, wantStats)
+	}
+	if st := store.Stats(); st.Fresh != len(pods) || st.Failed != 0 {
+		t.Errorf("Stats = %+v, want every scrape successful", st)
 	}
 }

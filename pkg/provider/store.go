@@ -40,6 +40,7 @@ type ScrapeObserver interface {
 // last scrape. It is the scraper's Sink and the provider's Source.
 type Store struct {
 	plan       seriesPlan
+	names      []string // of the metrics
 	staleAfter time.Duration
 	clock      clock.PassiveClock
 	observer   ScrapeObserver
@@ -54,6 +55,10 @@ type Store struct {
 type podValues struct {
 	time   time.Time
 	values []float64 // per metric; NaN when the pod has no value for it
+	// problems says, per metric, why values is NaN: a series of the metric
+	// was missing or invalid (ReasonMissing, ReasonInvalidValue,
+	// ReasonDuplicate).
+	problems []scrape.Reason
 }
 
 var (
@@ -67,8 +72,13 @@ func NewStore(metrics []Metric, staleAfter time.Duration, clk clock.PassiveClock
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
+	names := make([]string, len(metrics))
+	for i, m := range metrics {
+		names[i] = m.Name
+	}
 	return &Store{
 		plan:       newSeriesPlan(metrics),
+		names:      names,
 		staleAfter: staleAfter,
 		clock:      clk,
 		observer:   observer,
@@ -97,27 +107,39 @@ func (s *Store) Observe(key scrape.PodKey, sample scrape.Sample) {
 	if s.observer != nil {
 		s.observer.ObserveScrape(sample.Duration, "")
 	}
+	// Each metric stands alone: a series one metric lacks leaves the others
+	// their values.
 	values := make([]float64, len(s.plan.numerator))
+	problems := make([]scrape.Reason, len(s.plan.numerator))
 	for m, n := range s.plan.numerator {
-		v := math.NaN()
-		if num := sample.Values[n]; num.Present {
-			v = num.Value
-			if d := s.plan.divisor[m]; d >= 0 {
-				div := sample.Values[d]
-				if div.Present && div.Value != 0 {
-					v /= div.Value
-				} else {
-					v = math.NaN()
-				}
-			}
-		}
-		values[m] = v
+		values[m], problems[m] = seriesQuotient(sample.Values, n, s.plan.divisor[m])
 	}
 	s.mu.Lock()
 	if p, ok := s.pods[key]; ok {
-		p.time, p.values = sample.Time, values
+		p.time, p.values, p.problems = sample.Time, values, problems
 	}
 	s.mu.Unlock()
+}
+
+// seriesQuotient computes one metric from the series of a scrape: the
+// numerator, divided by the divisor unless d is -1. Without a value it
+// returns NaN and why.
+func seriesQuotient(series []scrape.Value, n, d int) (float64, scrape.Reason) {
+	num := series[n]
+	if !num.Present {
+		return math.NaN(), num.Problem
+	}
+	if d < 0 {
+		return num.Value, ""
+	}
+	switch div := series[d]; {
+	case !div.Present:
+		return math.NaN(), div.Problem
+	case div.Value == 0:
+		return math.NaN(), scrape.ReasonInvalidValue
+	default:
+		return num.Value / div.Value, ""
+	}
 }
 
 // Fail records a failed scrape: the pod has no value until the next
@@ -128,7 +150,7 @@ func (s *Store) Fail(key scrape.PodKey, failure scrape.Failure) {
 	}
 	s.mu.Lock()
 	if p, ok := s.pods[key]; ok {
-		p.time, p.values = failure.Time, nil
+		p.time, p.values, p.problems = failure.Time, nil, nil
 	}
 	s.mu.Unlock()
 }
@@ -151,13 +173,14 @@ func (s *Store) Lookup(_ context.Context, metric int, namespace string, pods []s
 	return out, nil
 }
 
-// StoreStats counts the tracked pods by the state of their values.
+// StoreStats counts the tracked pods by the outcome of their last scrape.
 type StoreStats struct {
 	// Tracked is the number of tracked pods.
 	Tracked int
-	// Fresh have a value from a scrape at most staleAfter ago.
+	// Fresh were scraped successfully at most staleAfter ago (some of
+	// their metrics may still lack a value: see MetricStats).
 	Fresh int
-	// Stale have a value that is too old to be served.
+	// Stale have values that are too old to be served.
 	Stale int
 	// Failed had their last scrape fail.
 	Failed int
@@ -184,4 +207,56 @@ func (s *Store) Stats() StoreStats {
 		}
 	}
 	return st
+}
+
+// MetricStats counts the tracked pods by the state of one metric's value.
+type MetricStats struct {
+	// Metric is the served metric's name.
+	Metric string
+	// Fresh pods have a value that is served.
+	Fresh int
+	// Stale pods have a value that is too old to be served.
+	Stale int
+	// Failed pods had their last scrape fail as a whole.
+	Failed int
+	// Pending pods were never scraped yet.
+	Pending int
+	// Missing pods were scraped but did not expose a series of the metric.
+	Missing int
+	// Invalid pods exposed a series of the metric with a value its rule
+	// rejects, more than once, or a divisor of 0.
+	Invalid int
+}
+
+// MetricStats counts, per served metric, the pods by the state of their
+// value, for the adapter's own metrics: a series that some pods lack shows
+// up as missing for the metrics that use it, and for those alone.
+func (s *Store) MetricStats() []MetricStats {
+	oldest := s.clock.Now().Add(-s.staleAfter)
+	out := make([]MetricStats, len(s.names))
+	for m, name := range s.names {
+		out[m].Metric = name
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	for _, p := range s.pods {
+		for m := range out {
+			st := &out[m]
+			switch {
+			case p.time.IsZero():
+				st.Pending++
+			case p.values == nil:
+				st.Failed++
+			case p.time.Before(oldest):
+				st.Stale++
+			case !math.IsNaN(p.values[m]):
+				st.Fresh++
+			case p.problems[m] == scrape.ReasonInvalidValue || p.problems[m] == scrape.ReasonDuplicate:
+				st.Invalid++
+			default:
+				st.Missing++
+			}
+		}
+	}
+	return out
 }

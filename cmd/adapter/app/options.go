@@ -15,6 +15,7 @@ import (
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
 	"github.com/wsscale/wsscale/pkg/provider"
+	"github.com/wsscale/wsscale/pkg/provider/promsource"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
 )
 
@@ -83,12 +84,12 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.Source, "source", o.Source, "Where values come from: scrape (the pods' /metrics) or prometheus (an existing Prometheus, --prometheus-url).")
 	fs.DurationVar(&o.ScrapeInterval, "scrape-interval", o.ScrapeInterval, "How often each pod is scraped.")
 	fs.DurationVar(&o.ScrapeTimeout, "scrape-timeout", o.ScrapeTimeout, "Time allowed for one scrape, from connecting to parsing; at most --scrape-interval (0: the smaller of 3s and --scrape-interval).")
-	fs.DurationVar(&o.StaleAfter, "stale-after", o.StaleAfter, "Age beyond which a value is not served (0: twice --scrape-interval).")
+	fs.DurationVar(&o.StaleAfter, "stale-after", o.StaleAfter, "Age beyond which a value is not served (0: twice --scrape-interval; with --source=prometheus 2m, two scrapes of a Prometheus that scrapes every minute).")
 	fs.IntVar(&o.ScrapeConcurrency, "scrape-concurrency", o.ScrapeConcurrency, "Scrapes in flight at most.")
 	fs.Int64Var(&o.MaxBodyBytes, "scrape-max-body-bytes", o.MaxBodyBytes, "Largest metrics response accepted; a larger one fails the scrape.")
 	fs.BoolVar(&o.DisableKeepAlives, "scrape-disable-keep-alives", o.DisableKeepAlives, "Open a connection per scrape instead of keeping one per pod (less memory, more CPU).")
 	fs.StringVar(&o.PodSelector, "pod-selector", o.PodSelector, "Label selector of the pods to track, e.g. 'app=echo' or 'tier in (ws,edge)'; applied by the API server to the watch.")
-	fs.BoolVar(&o.RequireScrapeAnnotation, "require-scrape-annotation", o.RequireScrapeAnnotation, "Track only pods annotated prometheus.io/scrape=\"true\".")
+	fs.BoolVar(&o.RequireScrapeAnnotation, "require-scrape-annotation", o.RequireScrapeAnnotation, "Track only pods annotated prometheus.io/scrape=\"true\" (not with --source=prometheus: Prometheus decides what it scrapes).")
 	fs.StringVar(&o.MetricsPortName, "metrics-port-name", o.MetricsPortName, "Container port scraped when a pod has no prometheus.io/port annotation.")
 	fs.StringVar(&o.WatchNamespace, "watch-namespace", o.WatchNamespace, "Track pods of this namespace only (default: all namespaces).")
 	fs.StringVar(&o.MetricsConfigFile, "metrics-config", o.MetricsConfigFile, "YAML file mapping served metrics to scraped series (default: websocket_connections and websocket_connections_utilization).")
@@ -111,6 +112,9 @@ func (o *Options) scrapeTimeout() time.Duration {
 // staleAfter returns the effective staleness bound.
 func (o *Options) staleAfter() time.Duration {
 	if o.StaleAfter == 0 {
+		if o.Source == SourcePrometheus {
+			return promsource.DefaultStaleAfter
+		}
 		return 2 * o.ScrapeInterval
 	}
 	return o.StaleAfter
@@ -151,15 +155,12 @@ func (o *Options) Validate() []error {
 		if o.PrometheusNamespaceLabel == "" || o.PrometheusPodLabel == "" {
 			errs = append(errs, errors.New("--prometheus-namespace-label and --prometheus-pod-label must not be empty"))
 		}
-		if o.ScrapeInterval <= 0 && o.StaleAfter == 0 {
-			errs = append(errs, errors.New("--stale-after or a positive --scrape-interval is needed"))
-		}
 	default:
 		errs = append(errs, fmt.Errorf("--source must be scrape or prometheus, got %q", o.Source))
 	}
 	if o.StaleAfter < 0 {
 		errs = append(errs, fmt.Errorf("--stale-after must not be negative, got %v", o.StaleAfter))
-	} else if o.StaleAfter > 0 && o.StaleAfter < o.ScrapeInterval {
+	} else if o.Source == SourceScrape && o.StaleAfter > 0 && o.StaleAfter < o.ScrapeInterval {
 		errs = append(errs, fmt.Errorf("--stale-after %v is shorter than --scrape-interval %v: every value would go stale between scrapes", o.StaleAfter, o.ScrapeInterval))
 	}
 	if _, err := labels.Parse(o.PodSelector); err != nil {
@@ -234,7 +235,10 @@ func (o *Options) Config() (*Config, error) {
 	return &Config{
 		Metrics: metrics,
 		Selection: &provider.Selection{
-			Selector: sel, RequireAnnotation: o.RequireScrapeAnnotation, PortName: o.MetricsPortName,
+			// Prometheus decides which pods it scrapes (with a ServiceMonitor
+			// they carry no prometheus.io/scrape annotation).
+			Selector: sel, RequireAnnotation: o.RequireScrapeAnnotation && o.Source != SourcePrometheus,
+			PortName: o.MetricsPortName,
 		},
 		Scrape:     sc,
 		StaleAfter: o.staleAfter(),

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/wsscale/wsscale/pkg/provider/promsource"
 )
 
 func parse(t *testing.T, args ...string) *Options {
@@ -41,6 +43,23 @@ func TestDefaults(t *testing.T) {
 	}
 	if o.Base.SecureServing == nil || o.Base.Authentication == nil || o.Base.Authorization == nil {
 		t.Error("serving, authentication and authorization options missing")
+	}
+}
+
+// TestPrometheusDefaults: with --source=prometheus values are as old as
+// Prometheus's scrapes (15-60 s), and pods scraped through ServiceMonitors
+// carry no prometheus.io/scrape annotation.
+func TestPrometheusDefaults(t *testing.T) {
+	o := parse(t, "--source=prometheus", "--prometheus-url=http://prometheus:9090")
+	cfg, err := o.Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.StaleAfter != promsource.DefaultStaleAfter {
+		t.Errorf("stale-after %v, want the Prometheus source's default %v", cfg.StaleAfter, promsource.DefaultStaleAfter)
+	}
+	if cfg.Selection.RequireAnnotation {
+		t.Error("the Prometheus source requires the prometheus.io/scrape annotation")
 	}
 }
 

@@ -1,7 +1,8 @@
 // Package promsource reads the served metrics from an existing Prometheus
-// instead of scraping pods: one instant query per namespace and series, with
-// label matchers (never a regular expression of pod names), a timeout, and
-// the same staleness rule as the scraper.
+// instead of scraping pods: one query per namespace and series, with
+// equality label matchers (never a regular expression of pod names), a
+// timeout, and a staleness bound that follows Prometheus's own scrape
+// interval rather than the adapter's.
 package promsource
 
 import (
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -23,6 +25,12 @@ import (
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
 )
 
+// DefaultStaleAfter is the default age beyond which a sample is not served,
+// and the query's window: two scrapes of a Prometheus that scrapes every
+// minute, the slowest common setting (15 s to 60 s), so that one missed
+// scrape does not blank a pod.
+const DefaultStaleAfter = 2 * time.Minute
+
 // Config configures a Source.
 type Config struct {
 	// URL is the Prometheus base URL, e.g. http://prometheus.monitoring:9090.
@@ -30,7 +38,8 @@ type Config struct {
 	// Timeout bounds one query.
 	Timeout time.Duration
 	// StaleAfter is the age beyond which a sample is not served. The query
-	// looks back this far, so older samples are not even returned.
+	// looks back this far, so older samples are not even returned. It must
+	// exceed Prometheus's scrape interval; 0 means DefaultStaleAfter.
 	StaleAfter time.Duration
 	// Metrics are the served metrics.
 	Metrics []provider.Metric
@@ -45,10 +54,45 @@ type Config struct {
 
 // Source is a provider.Source backed by Prometheus.
 type Source struct {
-	api     promv1.API
-	cfg     Config
-	clock   clock.PassiveClock
-	queries [][2]string // per metric: query prefixes of the numerator and divisor ("" without)
+	api   promv1.API
+	cfg   Config
+	clock clock.PassiveClock
+}
+
+// Matcher is an equality label matcher, label="value".
+type Matcher struct {
+	Label, Value string
+}
+
+// Selector is the PromQL range selector of one query:
+// metric{label="value",...}[window]. Only equality matchers are built, so a
+// value is never read as a regular expression.
+type Selector struct {
+	// Metric is the series name.
+	Metric string
+	// Matchers are the series' own labels, then the namespace.
+	Matchers []Matcher
+	// Window is how far back the query looks.
+	Window time.Duration
+}
+
+// String renders the selector in PromQL.
+func (q Selector) String() string {
+	var b strings.Builder
+	b.WriteString(q.Metric)
+	b.WriteByte('{')
+	for i, m := range q.Matchers {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(m.Label)
+		b.WriteByte('=')
+		b.WriteString(strconv.Quote(m.Value))
+	}
+	b.WriteString("}[")
+	b.WriteString(model.Duration(q.Window).String())
+	b.WriteByte(']')
+	return b.String()
 }
 
 var _ provider.Source = (*Source)(nil)
@@ -62,11 +106,19 @@ func New(cfg Config) (*Source, error) {
 	if cfg.Timeout <= 0 {
 		errs = append(errs, fmt.Errorf("query timeout must be positive, got %v", cfg.Timeout))
 	}
+	if cfg.StaleAfter == 0 {
+		cfg.StaleAfter = DefaultStaleAfter
+	}
 	if cfg.StaleAfter < time.Millisecond {
 		errs = append(errs, fmt.Errorf("stale-after must be at least 1ms, got %v", cfg.StaleAfter))
 	}
 	if cfg.NamespaceLabel == "" || cfg.PodLabel == "" {
 		errs = append(errs, errors.New("namespace and pod label names must not be empty"))
+	}
+	for _, l := range []string{cfg.NamespaceLabel, cfg.PodLabel} {
+		if l != "" && !labelNameRE.MatchString(l) {
+			errs = append(errs, fmt.Errorf("%q is not a label name", l))
+		}
 	}
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("invalid Prometheus source: %w", errors.Join(errs...))
@@ -79,37 +131,25 @@ func New(cfg Config) (*Source, error) {
 	if s.clock == nil {
 		s.clock = clock.RealClock{}
 	}
-	for _, m := range cfg.Metrics {
-		q := [2]string{seriesMatchers(m.Series)}
-		if m.DivideBy != nil {
-			q[1] = seriesMatchers(*m.DivideBy)
-		}
-		s.queries = append(s.queries, q)
-	}
 	return s, nil
 }
 
-// seriesMatchers returns `name{label="value",` to be completed with the
-// namespace matcher.
-func seriesMatchers(s scrape.Series) string {
-	var b strings.Builder
-	b.WriteString(s.Name)
-	b.WriteByte('{')
-	for _, l := range s.Labels {
-		b.WriteString(l.Name)
-		b.WriteByte('=')
-		b.WriteString(strconv.Quote(l.Value))
-		b.WriteByte(',')
-	}
-	return b.String()
-}
+var labelNameRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
 
-// Query returns the PromQL for one series of metric m in namespace: the
-// samples of the last StaleAfter, so that each sample keeps its own
-// timestamp (an instant vector would carry the evaluation time instead).
-func (s *Source) Query(m, part int, namespace string) string {
-	return fmt.Sprintf("%s%s=%s}[%s]", s.queries[m][part], s.cfg.NamespaceLabel, strconv.Quote(namespace),
-		model.Duration(s.cfg.StaleAfter).String())
+// StaleAfter returns the effective staleness bound and query window.
+func (s *Source) StaleAfter() time.Duration { return s.cfg.StaleAfter }
+
+// Selector returns the query of one series in namespace: the series with
+// its labels in namespace, over the last StaleAfter, so that each sample
+// keeps its own timestamp (an instant vector would carry the evaluation
+// time instead).
+func (s *Source) Selector(series scrape.Series, namespace string) Selector {
+	q := Selector{Metric: series.Name, Window: s.cfg.StaleAfter}
+	for _, l := range series.Labels {
+		q.Matchers = append(q.Matchers, Matcher{Label: l.Name, Value: l.Value})
+	}
+	q.Matchers = append(q.Matchers, Matcher{Label: s.cfg.NamespaceLabel, Value: namespace})
+	return q
 }
 
 // Lookup implements provider.Source.
@@ -120,13 +160,13 @@ func (s *Source) Lookup(ctx context.Context, metric int, namespace string, pods 
 	}
 	m := s.cfg.Metrics[metric]
 	now := s.clock.Now()
-	num, err := s.query(ctx, s.Query(metric, 0, namespace), m.Series.Rule, now)
+	num, err := s.query(ctx, s.Selector(m.Series, namespace).String(), m.Series.Rule, now)
 	if err != nil {
 		return nil, err
 	}
 	var div map[string]provider.Point
 	if m.DivideBy != nil {
-		if div, err = s.query(ctx, s.Query(metric, 1, namespace), m.DivideBy.Rule, now); err != nil {
+		if div, err = s.query(ctx, s.Selector(*m.DivideBy, namespace).String(), m.DivideBy.Rule, now); err != nil {
 			return nil, err
 		}
 	}

@@ -2,9 +2,12 @@ package promsource
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -17,12 +20,29 @@ import (
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
 )
 
-// fakePrometheus answers /api/v1/query with canned bodies keyed by query,
-// in the JSON of the Prometheus HTTP API, and records the queries.
+// fakeSeries is one series of the fake Prometheus: its labels (with
+// __name__) and samples, oldest first.
+type fakeSeries struct {
+	labels  map[string]string
+	samples []fakeSample
+}
+
+type fakeSample struct {
+	t time.Time
+	v string
+}
+
+// fakePrometheus is a tiny TSDB behind /api/v1/query: it parses each query
+// (parsePromQL), selects the series whose labels satisfy every matcher, and
+// answers their samples within the range, in the JSON of the Prometheus
+// HTTP API. So the tests check what a query means, not how it is spelled.
+// It records the parsed queries.
 type fakePrometheus struct {
+	series []fakeSeries
+	now    time.Time
+
 	mu      sync.Mutex
-	answers map[string]string // query -> "data" JSON
-	queries []string
+	queries []parsedSelector
 	delay   chan struct{} // when set, answers wait for it
 }
 
@@ -35,10 +55,7 @@ func (f *fakePrometheus) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	q := r.Form.Get("query")
 	f.mu.Lock()
-	f.queries = append(f.queries, q)
-	data, ok := f.answers[q]
 	delay := f.delay
 	f.mu.Unlock()
 	if delay != nil {
@@ -49,91 +66,161 @@ func (f *fakePrometheus) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	if !ok {
+	badData := func(err error) {
 		w.WriteHeader(http.StatusBadRequest)
-		fmt.Fprintf(w, `{"status":"error","errorType":"bad_data","error":"unexpected query %q"}`, q)
+		fmt.Fprintf(w, `{"status":"error","errorType":"bad_data","error":%q}`, err.Error())
+	}
+	q, err := parsePromQL(r.Form.Get("query"))
+	if err != nil {
+		badData(err)
 		return
 	}
+	f.mu.Lock()
+	f.queries = append(f.queries, q)
+	f.mu.Unlock()
+	type stream struct {
+		Metric map[string]string `json:"metric"`
+		Values [][2]any          `json:"values"`
+	}
+	result := []stream{}
+	for _, s := range f.series {
+		if s.labels["__name__"] != q.metric || !matches(s.labels, q.matchers) {
+			continue
+		}
+		st := stream{Metric: s.labels}
+		for _, smp := range s.samples {
+			if smp.t.After(f.now.Add(-q.window)) && !smp.t.After(f.now) {
+				st.Values = append(st.Values, [2]any{float64(smp.t.UnixMilli()) / 1000, smp.v})
+			}
+		}
+		if len(st.Values) > 0 {
+			result = append(result, st)
+		}
+	}
+	data, _ := json.Marshal(map[string]any{"resultType": "matrix", "result": result})
 	fmt.Fprintf(w, `{"status":"success","data":%s}`, data)
 }
 
-// matrix renders a matrix result: each series is pod, unix-seconds time, value.
-func matrix(series ...[3]string) string {
-	var parts []string
-	for _, s := range series {
-		parts = append(parts, fmt.Sprintf(`{"metric":{"__name__":"x","namespace":"ns","pod":%q},"values":[[%s,%q]]}`, s[0], s[1], s[2]))
+// matches applies equality matchers; the source must send no other kind.
+func matches(labels map[string]string, ms []parsedMatcher) bool {
+	for _, m := range ms {
+		if m.op != "=" || labels[m.label] != m.value {
+			return false
+		}
 	}
-	return `{"resultType":"matrix","result":[` + strings.Join(parts, ",") + `]}`
+	return true
+}
+
+func (f *fakePrometheus) parsed() []parsedSelector {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]parsedSelector(nil), f.queries...)
+}
+
+// series returns a series with one sample per (age, value) pair.
+func series(now time.Time, name, namespace, pod string, extra map[string]string, samples ...any) fakeSeries {
+	l := map[string]string{"__name__": name, "namespace": namespace, "pod": pod, "job": "kubernetes-pods"}
+	for k, v := range extra {
+		l[k] = v
+	}
+	s := fakeSeries{labels: l}
+	for i := 0; i+1 < len(samples); i += 2 {
+		s.samples = append(s.samples, fakeSample{t: now.Add(-samples[i].(time.Duration)), v: samples[i+1].(string)})
+	}
+	return s
+}
+
+var sessionsMetric = provider.Metric{
+	Name:        "sessions",
+	Series:      scrape.Series{Name: "sessions", Labels: []exposition.Label{{Name: "region", Value: "eu"}}},
+	Aggregation: provider.AggregateSum,
 }
 
 func TestLookup(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0).UTC()
-	ts := func(ago time.Duration) string { return fmt.Sprintf("%.3f", float64(now.Add(-ago).UnixMilli())/1000) }
-	fp := &fakePrometheus{answers: map[string]string{
-		`websocket_connections_active{namespace="ns"}[10s]`: matrix(
-			[3]string{"a", ts(time.Second), "12"},
-			[3]string{"b", ts(3 * time.Second), "0"},
-			[3]string{"stale", ts(11 * time.Second), "5"},
-			[3]string{"nan", ts(0), "NaN"},
-			[3]string{"neg", ts(0), "-1"},
-			[3]string{"frac", ts(0), "1.5"},
-			[3]string{"dup", ts(0), "1"},
-			[3]string{"dup", ts(0), "2"},
-			[3]string{"nomax", ts(0), "4"},
-		),
-		`websocket_connections_max{namespace="ns"}[10s]`: matrix(
-			[3]string{"a", ts(2 * time.Second), "100"},
-			[3]string{"b", ts(0), "100"},
-		),
-		`websocket_connections_active{namespace="empty"}[10s]`:  `{"resultType":"matrix","result":[]}`,
-		`sessions{region="eu",namespace="ns"}[10s]`:             matrix([3]string{"a", ts(0), "7"}),
-		`websocket_connections_active{namespace="vector"}[10s]`: `{"resultType":"vector","result":[]}`,
+	const sec = time.Second
+	active, max := provider.ActiveSeries, provider.MaxSeries
+	fp := &fakePrometheus{now: now, series: []fakeSeries{
+		series(now, active, "ns", "a", nil, 31*sec, "10", sec, "12"),
+		series(now, active, "ns", "b", nil, 3*sec, "0"),
+		// Prometheus scrapes every 30 s: a 45 s old sample is current.
+		series(now, active, "ns", "slow-scrape", nil, 45*sec, "9"),
+		series(now, active, "ns", "stale", nil, 2*time.Minute+sec, "5"),
+		series(now, active, "ns", "nan", nil, time.Duration(0), "NaN"),
+		series(now, active, "ns", "neg", nil, time.Duration(0), "-1"),
+		series(now, active, "ns", "frac", nil, time.Duration(0), "1.5"),
+		series(now, active, "ns", "dup", map[string]string{"instance": "1"}, time.Duration(0), "1"),
+		series(now, active, "ns", "dup", map[string]string{"instance": "2"}, time.Duration(0), "2"),
+		series(now, active, "ns", "nomax", nil, time.Duration(0), "4"),
+		series(now, active, "other", "a", nil, time.Duration(0), "77"), // same pod name, another namespace
+		series(now, max, "ns", "a", nil, 2*sec, "100"),
+		series(now, max, "ns", "b", nil, time.Duration(0), "100"),
+		series(now, "sessions", "ns", "a", map[string]string{"region": "eu"}, time.Duration(0), "7"),
+		series(now, "sessions", "ns", "b", map[string]string{"region": "us"}, time.Duration(0), "8"),
+		series(now, "sessions", "ns", "nomax", nil, time.Duration(0), "9"),
 	}}
 	srv := httptest.NewServer(fp)
 	defer srv.Close()
-	metrics := append(provider.DefaultMetrics(), provider.Metric{
-		Name: "sessions", Series: scrape.Series{Name: "sessions", Labels: []exposition.Label{{Name: "region", Value: "eu"}}}, Aggregation: provider.AggregateSum,
-	})
+	metrics := append(provider.DefaultMetrics(), sessionsMetric)
 	src, err := New(Config{
-		URL: srv.URL, Timeout: time.Second, StaleAfter: 10 * time.Second, Metrics: metrics,
+		URL: srv.URL, Timeout: time.Second, Metrics: metrics,
 		NamespaceLabel: "namespace", PodLabel: "pod", Clock: testingclock.NewFakePassiveClock(now),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	pods := []string{"a", "b", "stale", "nan", "neg", "frac", "dup", "nomax", "absent"}
+	if src.StaleAfter() != DefaultStaleAfter {
+		t.Errorf("default stale-after %v, want %v", src.StaleAfter(), DefaultStaleAfter)
+	}
+	pods := []string{"a", "b", "slow-scrape", "stale", "nan", "neg", "frac", "dup", "nomax", "absent"}
 	tests := []struct {
 		name      string
 		metric    int
 		namespace string
 		want      map[string]float64
 		wantTime  map[string]time.Time
-		wantErr   string
+		// wantQueries are the meanings of the queries sent.
+		wantQueries []parsedSelector
 	}{
 		{
-			name: "connections", metric: 0, namespace: "ns",
-			want:     map[string]float64{"a": 12, "b": 0, "nomax": 4},
-			wantTime: map[string]time.Time{"a": now.Add(-time.Second), "b": now.Add(-3 * time.Second)},
+			name: "connections: latest fresh valid sample", metric: 0, namespace: "ns",
+			want:     map[string]float64{"a": 12, "b": 0, "slow-scrape": 9, "nomax": 4},
+			wantTime: map[string]time.Time{"a": now.Add(-sec), "b": now.Add(-3 * sec), "slow-scrape": now.Add(-45 * sec)},
+			wantQueries: []parsedSelector{{metric: active, window: DefaultStaleAfter,
+				matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}}},
+		},
+		{
+			name: "the namespace is a matcher", metric: 0, namespace: "other",
+			want: map[string]float64{"a": 77},
+			wantQueries: []parsedSelector{{metric: active, window: DefaultStaleAfter,
+				matchers: []parsedMatcher{{label: "namespace", op: "=", value: "other"}}}},
 		},
 		{
 			name: "utilization: oldest of the two samples", metric: 1, namespace: "ns",
 			want:     map[string]float64{"a": 0.12, "b": 0},
-			wantTime: map[string]time.Time{"a": now.Add(-2 * time.Second), "b": now.Add(-3 * time.Second)},
+			wantTime: map[string]time.Time{"a": now.Add(-2 * sec), "b": now.Add(-3 * sec)},
+			wantQueries: []parsedSelector{
+				{metric: active, window: DefaultStaleAfter, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
+				{metric: max, window: DefaultStaleAfter, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
+			},
 		},
-		{name: "labels become matchers", metric: 2, namespace: "ns", want: map[string]float64{"a": 7}},
-		{name: "no series", metric: 0, namespace: "empty", want: map[string]float64{}},
-		{name: "Prometheus error", metric: 0, namespace: "unknown", wantErr: "400"},
-		{name: "wrong result type", metric: 0, namespace: "vector", wantErr: "want a matrix"},
+		{
+			name: "series labels are equality matchers", metric: 2, namespace: "ns",
+			want: map[string]float64{"a": 7},
+			wantQueries: []parsedSelector{{metric: "sessions", window: DefaultStaleAfter, matchers: []parsedMatcher{
+				{label: "namespace", op: "=", value: "ns"}, {label: "region", op: "=", value: "eu"},
+			}}},
+		},
+		{
+			name: "no series", metric: 0, namespace: "empty", want: map[string]float64{},
+			wantQueries: []parsedSelector{{metric: active, window: DefaultStaleAfter,
+				matchers: []parsedMatcher{{label: "namespace", op: "=", value: "empty"}}}},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			before := len(fp.parsed())
 			points, err := src.Lookup(context.Background(), tt.metric, tt.namespace, pods)
-			if tt.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want %q", err, tt.wantErr)
-				}
-				return
-			}
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -146,18 +233,95 @@ func TestLookup(t *testing.T) {
 					t.Errorf("%s: time %v, want %v", p, points[i].Time, wt)
 				}
 			}
+			got := fp.parsed()[before:]
+			for i := range got {
+				sort.Slice(got[i].matchers, func(a, b int) bool { return got[i].matchers[a].label < got[i].matchers[b].label })
+			}
+			if !reflect.DeepEqual(got, tt.wantQueries) {
+				t.Errorf("queries\n%+v\nwant\n%+v", got, tt.wantQueries)
+			}
 		})
 	}
-	// One query per namespace and series, never a pod-name regex.
-	for _, q := range fp.queries {
-		if strings.Contains(q, "=~") || strings.Contains(q, "pod=") {
-			t.Errorf("query selects pods by name: %s", q)
-		}
+}
+
+func TestLookupErrors(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0).UTC()
+	tests := []struct {
+		name    string
+		handler http.HandlerFunc
+		wantErr string
+	}{
+		{
+			name: "Prometheus error",
+			handler: func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusBadRequest)
+				fmt.Fprint(w, `{"status":"error","errorType":"bad_data","error":"parse error"}`)
+			},
+			wantErr: "bad_data",
+		},
+		{
+			name: "wrong result type",
+			handler: func(w http.ResponseWriter, _ *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				fmt.Fprint(w, `{"status":"success","data":{"resultType":"vector","result":[]}}`)
+			},
+			wantErr: "want a matrix",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(tt.handler)
+			defer srv.Close()
+			src, err := New(Config{URL: srv.URL, Timeout: time.Second, Metrics: provider.DefaultMetrics(),
+				NamespaceLabel: "namespace", PodLabel: "pod", Clock: testingclock.NewFakePassiveClock(now)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = src.Lookup(context.Background(), 0, "ns", []string{"a"})
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("err = %v, want %q", err, tt.wantErr)
+			}
+		})
+	}
+}
+
+func TestSelectorString(t *testing.T) {
+	tests := []struct {
+		name string
+		sel  Selector
+		want parsedSelector
+	}{
+		{
+			name: "plain",
+			sel:  Selector{Metric: "m", Matchers: []Matcher{{Label: "namespace", Value: "ns"}}, Window: 2 * time.Minute},
+			want: parsedSelector{metric: "m", window: 2 * time.Minute, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
+		},
+		{
+			name: "values are quoted, never patterns",
+			sel: Selector{Metric: "m", Window: 90 * time.Second, Matchers: []Matcher{
+				{Label: "a", Value: `x".*|"y`}, {Label: "b", Value: "new\nline\\"}, {Label: "c", Value: "é"},
+			}},
+			want: parsedSelector{metric: "m", window: 90 * time.Second, matchers: []parsedMatcher{
+				{label: "a", op: "=", value: `x".*|"y`}, {label: "b", op: "=", value: "new\nline\\"}, {label: "c", op: "=", value: "é"},
+			}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := parsePromQL(tt.sel.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("%s parses as %+v, want %+v", tt.sel, got, tt.want)
+			}
+		})
 	}
 }
 
 func TestLookupTimeout(t *testing.T) {
-	fp := &fakePrometheus{answers: map[string]string{}, delay: make(chan struct{})}
+	fp := &fakePrometheus{delay: make(chan struct{})}
 	srv := httptest.NewServer(fp)
 	defer func() { close(fp.delay); srv.Close() }()
 	src, err := New(Config{URL: srv.URL, Timeout: 50 * time.Millisecond, StaleAfter: 10 * time.Second,
@@ -181,11 +345,11 @@ func TestLookupTimeout(t *testing.T) {
 }
 
 func TestNewValidates(t *testing.T) {
-	_, err := New(Config{})
+	_, err := New(Config{StaleAfter: -time.Second, NamespaceLabel: "name-space"})
 	if err == nil {
 		t.Fatal("no error")
 	}
-	for _, w := range []string{"no Prometheus URL", "timeout must be positive", "stale-after", "label names"} {
+	for _, w := range []string{"no Prometheus URL", "timeout must be positive", "stale-after", "label names", `"name-space" is not a label name`} {
 		if !strings.Contains(err.Error(), w) {
 			t.Errorf("error %q lacks %q", err, w)
 		}

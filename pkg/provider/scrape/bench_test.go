@@ -166,36 +166,7 @@ func BenchmarkScrape10kPods(b *testing.B) {
 	klog.SetOutput(io.Discard)
 	b.Cleanup(func() { klog.LogToStderr(true) })
 
-	var children []*exec.Cmd
-	var urls []string
-	for first := 0; first < benchPods; first += podsPerChild {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%d", fakePodsEnv, first, podsPerChild))
-		cmd.Stderr = os.Stderr
-		stdin, err := cmd.StdinPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() {
-			stdin.Close()
-			_ = cmd.Wait()
-		})
-		children = append(children, cmd)
-		var port int
-		if _, err := fmt.Fscanf(bufio.NewReader(stdout), "ready %d\n", &port); err != nil {
-			b.Fatalf("fake pods did not start: %v", err)
-		}
-		for i := first; i < first+podsPerChild; i++ {
-			urls = append(urls, fmt.Sprintf("http://%s:%d/metrics", podAddr(i), port))
-		}
-	}
+	children, urls := startFakePods(b, benchPods)
 
 	for _, bc := range []struct {
 		concurrency int
@@ -261,6 +232,44 @@ func BenchmarkScrape10kPods(b *testing.B) {
 			}
 		})
 	}
+}
+
+// startFakePods serves pods 0..n-1 from child processes, podsPerChild each,
+// until the benchmark ends, and returns the children and the pods' URLs.
+func startFakePods(b *testing.B, n int) ([]*exec.Cmd, []string) {
+	b.Helper()
+	var children []*exec.Cmd
+	var urls []string
+	for first := 0; first < n; first += podsPerChild {
+		count := min(podsPerChild, n-first)
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), fmt.Sprintf("%s=%d,%d", fakePodsEnv, first, count))
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			stdin.Close()
+			_ = cmd.Wait()
+		})
+		children = append(children, cmd)
+		var port int
+		if _, err := fmt.Fscanf(bufio.NewReader(stdout), "ready %d\n", &port); err != nil {
+			b.Fatalf("fake pods did not start: %v", err)
+		}
+		for i := first; i < first+count; i++ {
+			urls = append(urls, fmt.Sprintf("http://%s:%d/metrics", podAddr(i), port))
+		}
+	}
+	return children, urls
 }
 
 func childrenCPU(children []*exec.Cmd) time.Duration {

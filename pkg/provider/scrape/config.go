@@ -18,6 +18,8 @@ const (
 	DefaultTimeout      = 3 * time.Second
 	DefaultConcurrency  = 32
 	DefaultMaxBodyBytes = 2 << 20
+	DefaultBackoffMax   = time.Minute
+	DefaultSlowAfter    = 100 * time.Millisecond
 )
 
 // Config configures a Scraper.
@@ -30,11 +32,34 @@ type Config struct {
 	// Timeout bounds one scrape, from connecting to parsing. It may not
 	// exceed Interval.
 	Timeout time.Duration
-	// Concurrency is the number of scrapes in flight at most.
+	// Concurrency is the number of workers: scrapes that connect, read and
+	// parse at once. As many again may wait for a slow pod's answer (see
+	// SlowAfter), so memory for bodies is bounded by 2 × Concurrency ×
+	// MaxBodyBytes.
 	Concurrency int
+	// FailingConcurrency is the number of scrapes of failing targets (whose
+	// last scrape failed) in flight at most, so that targets that hang, such
+	// as the pods of a dead node, never hold more than this many of the
+	// Concurrency workers and the healthy ones keep the rest. 0 means a
+	// quarter of Concurrency, at least 1.
+	FailingConcurrency int
+	// SlowAfter is how long a scrape may hold a worker. A pod that has not
+	// answered by then goes on waiting in the background, up to Timeout,
+	// and a new worker takes its place, so that pods that hang cost each
+	// worker SlowAfter rather than Timeout. At most Concurrency scrapes wait
+	// so; beyond that, and for a target whose last scrape failed, a scrape
+	// is cut at SlowAfter, as timed out. 0 means DefaultSlowAfter, or
+	// Timeout if that is shorter.
+	SlowAfter time.Duration
+	// BackoffMax caps the back-off of a failing target. A target whose
+	// last scrape failed keeps its place in the interval; from its second
+	// consecutive failure on it is scraped again after 2, 4, 8... intervals,
+	// at most BackoffMax, each less up to a fifth at random so that the
+	// targets of one dead node do not retry in step. A success ends the
+	// back-off. 0 means DefaultBackoffMax, or Interval if that is longer.
+	BackoffMax time.Duration
 	// MaxBodyBytes is the largest body accepted; a larger one fails with
-	// ReasonTooLarge after reading at most MaxBodyBytes+1 bytes. Memory for
-	// bodies is bounded by Concurrency × MaxBodyBytes.
+	// ReasonTooLarge after reading at most MaxBodyBytes+1 bytes.
 	MaxBodyBytes int64
 	// Clock drives the schedule and the timeouts.
 	Clock clock.WithDelayedExecution
@@ -100,6 +125,21 @@ func (c *Config) Validate() []error {
 	if c.Concurrency < 1 {
 		errs = append(errs, fmt.Errorf("concurrency must be at least 1, got %d", c.Concurrency))
 	}
+	if c.FailingConcurrency < 0 {
+		errs = append(errs, fmt.Errorf("failing concurrency must not be negative, got %d", c.FailingConcurrency))
+	} else if c.FailingConcurrency > c.Concurrency && c.Concurrency >= 1 {
+		errs = append(errs, fmt.Errorf("failing concurrency %d exceeds the concurrency %d", c.FailingConcurrency, c.Concurrency))
+	}
+	if c.SlowAfter < 0 {
+		errs = append(errs, fmt.Errorf("slow-after must not be negative, got %v", c.SlowAfter))
+	} else if c.SlowAfter > c.Timeout && c.Timeout > 0 {
+		errs = append(errs, fmt.Errorf("slow-after %v exceeds the timeout %v", c.SlowAfter, c.Timeout))
+	}
+	if c.BackoffMax < 0 {
+		errs = append(errs, fmt.Errorf("back-off maximum must not be negative, got %v", c.BackoffMax))
+	} else if c.BackoffMax > 0 && c.BackoffMax < c.Interval {
+		errs = append(errs, fmt.Errorf("back-off maximum %v is shorter than the interval %v", c.BackoffMax, c.Interval))
+	}
 	if c.MaxBodyBytes < 1 {
 		errs = append(errs, fmt.Errorf("max body bytes must be positive, got %d", c.MaxBodyBytes))
 	}
@@ -134,6 +174,20 @@ func NewTransport(cfg Config) *http.Transport {
 		ReadBufferSize:         1 << 10,
 		WriteBufferSize:        512,
 	}
+}
+
+// withDefaults resolves the zero values that mean a default.
+func (c Config) withDefaults() Config {
+	if c.FailingConcurrency == 0 {
+		c.FailingConcurrency = max(1, c.Concurrency/4)
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = max(DefaultBackoffMax, c.Interval)
+	}
+	if c.SlowAfter == 0 {
+		c.SlowAfter = min(DefaultSlowAfter, c.Timeout)
+	}
+	return c
 }
 
 // selectors returns what the parser looks for.

@@ -1,7 +1,9 @@
 // Package scrape reads the connection counts of pods from their metrics
 // endpoints: a bounded pool of workers fed by a schedule that spreads every
 // target over the interval, one keep-alive HTTP transport, a timeout and a
-// size limit per scrape, and the zero-allocation exposition parser.
+// size limit per scrape, and the zero-allocation exposition parser. Failing
+// targets back off and hold a bounded share of the workers, so that pods
+// that hang (a dead node) do not delay the healthy ones.
 package scrape
 
 import (
@@ -11,10 +13,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"sync"
 	"time"
 
@@ -50,10 +52,25 @@ type Scraper struct {
 	seed      maphash.Seed
 	// offset places a target in the interval; tests replace it.
 	offset func(PodKey) time.Duration
+	// jitter returns a number in [0, 1) that shortens a back-off; tests
+	// replace it.
+	jitter func() float64
+	// requeued, when set by a test, is told each time a target is put back
+	// in the schedule after a scrape, with its due time, under mu.
+	requeued func(key PodKey, due time.Time)
 
 	mu      sync.Mutex
 	targets map[PodKey]*target
-	queue   targetQueue
+	// queue holds the targets whose last scrape succeeded (or that were
+	// never scraped), failing those whose last scrape failed: at most
+	// FailingConcurrency of the latter are scraped at once.
+	queue          targetQueue
+	failing        targetQueue
+	failingRunning int
+	// waiting counts the scrapes that went on waiting for an answer in
+	// the background after SlowAfter, each replaced by a new worker.
+	waiting int
+	workers sync.WaitGroup
 	running bool
 	wake    chan struct{}
 	work    chan *target
@@ -67,11 +84,16 @@ type target struct {
 	u   *url.URL // parsed url; shared by every scrape, never modified
 	gen uint64   // bumped when the URL changes
 	due time.Time
-	// index is the position in the queue, -1 while not queued (in flight,
+	// index is the position in its queue, -1 while not queued (in flight,
 	// handed to a worker, or removed).
-	index   int
-	removed bool
-	cancel  context.CancelCauseFunc // set while a scrape is in flight
+	index int
+	// failures counts the consecutive failed scrapes; a target with
+	// failures is queued in the failing queue.
+	failures int
+	// failingSlot is set while the target is in flight as a failing one.
+	failingSlot bool
+	removed     bool
+	cancel      context.CancelCauseFunc // set while a scrape is in flight
 	// delivering is held while the sink is called for this target, so
 	// that Remove can wait for a call in progress.
 	delivering sync.Mutex
@@ -85,6 +107,7 @@ func New(cfg Config, sink Sink) (*Scraper, error) {
 	if sink == nil {
 		return nil, errors.New("invalid scrape configuration: no sink")
 	}
+	cfg = cfg.withDefaults()
 	cfg.Series = append([]Series(nil), cfg.Series...)
 	selectors := cfg.selectors()
 	if _, err := exposition.NewParser(selectors...); err != nil {
@@ -118,6 +141,7 @@ func New(cfg Config, sink Sink) (*Scraper, error) {
 		work:      make(chan *target),
 	}
 	s.offset = s.hashOffset
+	s.jitter = rand.Float64
 	return s, nil
 }
 
@@ -148,6 +172,13 @@ func (s *Scraper) Set(t Target) error {
 		if old.cancel != nil {
 			old.cancel(errTargetChanged)
 		}
+		// A new address is a new chance: no back-off from the old one.
+		if old.failures > 0 && old.index >= 0 {
+			heap.Remove(&s.failing, old.index)
+			old.failures = 0
+			s.push(old)
+		}
+		old.failures = 0
 		return nil
 	}
 	tg := &target{key: t.Key, url: t.URL, u: u, index: -1}
@@ -172,7 +203,7 @@ func (s *Scraper) Remove(key PodKey) {
 	delete(s.targets, key)
 	t.removed = true
 	if t.index >= 0 {
-		heap.Remove(&s.queue, t.index)
+		heap.Remove(s.queueOf(t), t.index)
 	}
 	if t.cancel != nil {
 		t.cancel(errTargetRemoved)
@@ -188,6 +219,79 @@ func (s *Scraper) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.targets)
+}
+
+// queueOf returns the queue a target is in, or goes to: failing when its
+// last scrape failed. mu must be held.
+func (s *Scraper) queueOf(t *target) *targetQueue {
+	if t.failures > 0 {
+		return &s.failing
+	}
+	return &s.queue
+}
+
+// push queues a target in its queue and wakes the dispatcher if it is the
+// next due there. mu must be held.
+func (s *Scraper) push(t *target) {
+	q := s.queueOf(t)
+	heap.Push(q, t)
+	if t.index == 0 {
+		s.notify()
+	}
+}
+
+// nextLocked pops the next target to scrape if one is due, or returns how
+// long until one is (-1: none queued). A failing target is considered only
+// while fewer than FailingConcurrency failing scrapes run. mu must be held.
+func (s *Scraper) nextLocked(now time.Time) (*target, time.Duration) {
+	var q *targetQueue
+	if len(s.queue) > 0 {
+		q = &s.queue
+	}
+	if len(s.failing) > 0 && s.failingRunning < s.cfg.FailingConcurrency &&
+		(q == nil || s.failing[0].due.Before(s.queue[0].due)) {
+		q = &s.failing
+	}
+	if q == nil {
+		return nil, -1
+	}
+	if head := (*q)[0]; head.due.After(now) {
+		return nil, head.due.Sub(now)
+	}
+	t := heap.Pop(q).(*target)
+	if q == &s.failing {
+		t.failingSlot = true
+		s.failingRunning++
+	}
+	return t, 0
+}
+
+// releaseLocked frees the failing slot a finished scrape held. mu must be
+// held.
+func (s *Scraper) releaseLocked(t *target) {
+	if t.failingSlot {
+		t.failingSlot = false
+		s.failingRunning--
+		if len(s.failing) > 0 {
+			s.notify()
+		}
+	}
+}
+
+// backoff returns when a target that failed failures times in a row, the
+// last time in a scrape started at start, is scraped next.
+func (s *Scraper) backoff(t *target, start time.Time) time.Time {
+	if t.failures <= 1 {
+		// One failure may be a blip: keep the target's place.
+		return nextDue(t.due, start, s.cfg.Interval)
+	}
+	d := s.cfg.Interval
+	for i := 1; i < t.failures && d < s.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, s.cfg.BackoffMax)
+	d -= time.Duration(float64(d) * s.jitter() / 5)
+	return start.Add(d)
 }
 
 func (s *Scraper) notify() {
@@ -209,14 +313,14 @@ func (s *Scraper) Run(ctx context.Context) error {
 	s.mu.Unlock()
 
 	klog.InfoS("Starting scraper", "interval", s.cfg.Interval, "timeout", s.cfg.Timeout,
-		"concurrency", s.cfg.Concurrency, "maxBodyBytes", s.cfg.MaxBodyBytes, "targets", s.Len())
+		"concurrency", s.cfg.Concurrency, "failingConcurrency", s.cfg.FailingConcurrency,
+		"backoffMax", s.cfg.BackoffMax, "maxBodyBytes", s.cfg.MaxBodyBytes, "targets", s.Len())
 	defer klog.InfoS("Stopped scraper")
-	var wg sync.WaitGroup
 	for range s.cfg.Concurrency {
-		wg.Go(func() { s.worker(ctx) })
+		s.workers.Go(func() { s.worker(ctx) })
 	}
 	s.dispatch(ctx)
-	wg.Wait()
+	s.workers.Wait()
 	return nil
 }
 
@@ -228,16 +332,8 @@ func (s *Scraper) dispatch(ctx context.Context) {
 	stopTimer(timer)
 	for {
 		s.mu.Lock()
-		var next *target
-		wait := time.Duration(-1)
 		now := clk.Now()
-		if len(s.queue) > 0 {
-			if head := s.queue[0]; head.due.After(now) {
-				wait = head.due.Sub(now)
-			} else {
-				next = heap.Pop(&s.queue).(*target)
-			}
-		}
+		next, wait := s.nextLocked(now)
 		s.mu.Unlock()
 
 		if next != nil {
@@ -284,6 +380,10 @@ func stopTimer(t clock.Timer) {
 type worker struct {
 	parser *exposition.Parser
 	body   []byte
+	// busy is set while a scrape runs, waiting once the scrape waits in
+	// the background (the worker ends with it). Both are guarded by the
+	// Scraper's mu.
+	busy, waiting bool
 }
 
 func (s *Scraper) worker(ctx context.Context) {
@@ -296,10 +396,39 @@ func (s *Scraper) worker(ctx context.Context) {
 		select {
 		case t := <-s.work:
 			s.scrapeTarget(ctx, w, t)
+			s.mu.Lock()
+			waited := w.waiting
+			s.mu.Unlock()
+			if waited {
+				return // replaced when it started waiting
+			}
 		case <-ctx.Done():
 			return
 		}
 	}
+}
+
+// slow is called when w's scrape of t has run for SlowAfter. Healthy pods
+// answer well within it; a scrape still waiting is likely a pod that hangs,
+// and must not hold a worker for the whole timeout, or a few hundred
+// hanging pods (a dead node) would hold them all. The scrape goes on in the
+// background and a new worker takes its place, while fewer than Concurrency
+// scrapes wait so; beyond that it is cut, as timed out. A target that
+// failed last time is cut at once: it would only take a waiting place a
+// healthy pod that is merely slow may need, and hold its failing slot.
+func (s *Scraper) slow(ctx context.Context, w *worker, t *target, cancel context.CancelCauseFunc) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !w.busy || w.waiting || ctx.Err() != nil {
+		return
+	}
+	if t.failingSlot || s.waiting >= s.cfg.Concurrency {
+		cancel(errScrapeTimeout)
+		return
+	}
+	s.waiting++
+	w.waiting = true
+	s.workers.Go(func() { s.worker(ctx) })
 }
 
 // scrapeTarget scrapes t once, reports the outcome unless t was removed or
@@ -311,17 +440,21 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 
 	s.mu.Lock()
 	if t.removed {
+		s.releaseLocked(t)
 		s.mu.Unlock()
 		return
 	}
 	gen, u := t.gen, t.u
 	t.cancel = cancel
+	w.busy = true
 	s.mu.Unlock()
 
 	start := clk.Now()
 	timeout := clk.AfterFunc(s.cfg.Timeout, func() { cancel(errScrapeTimeout) })
+	slow := clk.AfterFunc(s.cfg.SlowAfter, func() { s.slow(ctx, w, t, cancel) })
 	values, reason, err := s.scrape(scrapeCtx, w, u)
 	timeout.Stop()
+	slow.Stop()
 	duration := clk.Since(start)
 
 	t.delivering.Lock()
@@ -343,16 +476,33 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.releaseLocked(t)
+	w.busy = false
+	if w.waiting {
+		s.waiting--
+	}
 	if t.removed || ctx.Err() != nil {
 		return
 	}
-	// Slots are skipped only if they passed before this scrape started: one
-	// that came due while the scrape ran is kept, so a scrape that ends just
-	// after its next slot does not cost the pod an interval of freshness.
-	t.due = nextDue(t.due, start, s.cfg.Interval)
-	heap.Push(&s.queue, t)
-	if t.index == 0 {
-		s.notify()
+	switch {
+	case t.gen != gen:
+		// The URL changed during the scrape: its outcome says nothing
+		// about the new one.
+		t.due = nextDue(t.due, start, s.cfg.Interval)
+	case err != nil:
+		t.failures++
+		t.due = s.backoff(t, start)
+	default:
+		t.failures = 0
+		// Slots are skipped only if they passed before this scrape
+		// started: one that came due while the scrape ran is kept, so a
+		// scrape that ends just after its next slot does not cost the pod
+		// an interval of freshness.
+		t.due = nextDue(t.due, start, s.cfg.Interval)
+	}
+	s.push(t)
+	if s.requeued != nil {
+		s.requeued(t.key, t.due)
 	}
 }
 
@@ -414,25 +564,22 @@ func (s *Scraper) scrape(ctx context.Context, w *worker, u *url.URL) ([]Value, R
 		}
 		return nil, ReasonParse, err
 	}
+	// Each series stands alone: one that is absent or invalid leaves the
+	// others their values, so that a metric a pod does not serve never
+	// blanks one it does.
 	values := make([]Value, len(s.cfg.Series))
 	for i, series := range s.cfg.Series {
 		samples := p.Samples(i)
 		switch {
 		case len(samples) == 0:
-			if !series.Optional {
-				return nil, ReasonMissing, fmt.Errorf("series %s not exposed", series.Name)
-			}
-			continue
+			values[i].Problem = ReasonMissing
 		case len(samples) > 1:
-			return nil, ReasonDuplicate, fmt.Errorf("%d series match %s (lines %d and %d): %w",
-				len(samples), series.Name, samples[0].Line, samples[1].Line, exposition.ErrDuplicateSeries)
+			values[i].Problem = ReasonDuplicate
+		case series.Rule.check(samples[0].Value) != "":
+			values[i].Problem = ReasonInvalidValue
+		default:
+			values[i] = Value{Value: samples[0].Value, Present: true}
 		}
-		v := samples[0].Value
-		if problem := series.Rule.check(v); problem != "" {
-			return nil, ReasonInvalidValue, fmt.Errorf("line %d: %s = %s is %s, want a %s value",
-				samples[0].Line, series.Name, strconv.FormatFloat(v, 'g', -1, 64), problem, series.Rule)
-		}
-		values[i] = Value{Value: v, Present: true}
 	}
 	return values, "", nil
 }

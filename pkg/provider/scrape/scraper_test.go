@@ -27,7 +27,7 @@ const waitFor = 10 * time.Second
 
 var (
 	activeSeries = Series{Name: "websocket_connections_active", Rule: Count}
-	maxSeries    = Series{Name: "websocket_connections_max", Rule: Count, Optional: true}
+	maxSeries    = Series{Name: "websocket_connections_max", Rule: Count}
 )
 
 // event is one call of the sink.
@@ -189,14 +189,14 @@ func TestScrapeOutcomes(t *testing.T) {
 		wantErr     string
 	}{
 		{
-			name:    "gauge and optional limit",
+			name:    "gauge and limit",
 			handler: text("# TYPE websocket_connections_active gauge\nwebsocket_connections_active 1234\nwebsocket_connections_max 10000\n"),
 			want:    []Value{{Value: 1234, Present: true}, {Value: 10000, Present: true}},
 		},
 		{
-			name:    "optional series absent",
+			name:    "one series absent",
 			handler: text("websocket_connections_active 0\n"),
-			want:    []Value{{Value: 0, Present: true}, {}},
+			want:    []Value{{Value: 0, Present: true}, {Problem: ReasonMissing}},
 		},
 		{
 			name: "openmetrics",
@@ -204,7 +204,7 @@ func TestScrapeOutcomes(t *testing.T) {
 				w.Header().Set("Content-Type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
 				_, _ = io.WriteString(w, "# TYPE websocket_connections_active gauge\nwebsocket_connections_active 7 1700000000.5\n# EOF\n")
 			},
-			want: []Value{{Value: 7, Present: true}, {}},
+			want: []Value{{Value: 7, Present: true}, {Problem: ReasonMissing}},
 		},
 		{
 			name: "openmetrics cut before # EOF",
@@ -307,34 +307,29 @@ func TestScrapeOutcomes(t *testing.T) {
 			wantErr:     "scrape timed out",
 		},
 		{
-			name:       "NaN",
-			handler:    text("websocket_connections_active NaN\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "websocket_connections_active = NaN is NaN",
+			name:    "NaN",
+			handler: text("websocket_connections_active NaN\nwebsocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonInvalidValue}, {Value: 10, Present: true}},
 		},
 		{
-			name:       "+Inf",
-			handler:    text("websocket_connections_active +Inf\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "is infinite",
+			name:    "+Inf",
+			handler: text("websocket_connections_active +Inf\n"),
+			want:    []Value{{Problem: ReasonInvalidValue}, {Problem: ReasonMissing}},
 		},
 		{
-			name:       "negative count",
-			handler:    text("websocket_connections_active -3\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "= -3 is negative",
+			name:    "negative count",
+			handler: text("websocket_connections_active -3\nwebsocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonInvalidValue}, {Value: 10, Present: true}},
 		},
 		{
-			name:       "non-integer count",
-			handler:    text("websocket_connections_active 2.5\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "= 2.5 is not an integer count",
+			name:    "non-integer count",
+			handler: text("websocket_connections_active 2.5\nwebsocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonInvalidValue}, {Value: 10, Present: true}},
 		},
 		{
-			name:       "invalid optional series fails too",
-			handler:    text("websocket_connections_active 2\nwebsocket_connections_max -Inf\n"),
-			wantReason: ReasonInvalidValue,
-			wantErr:    "websocket_connections_max = -Inf is infinite",
+			name:    "invalid limit leaves the count",
+			handler: text("websocket_connections_active 2\nwebsocket_connections_max -Inf\n"),
+			want:    []Value{{Value: 2, Present: true}, {Problem: ReasonInvalidValue}},
 		},
 		{
 			name:       "duplicate series",
@@ -343,16 +338,19 @@ func TestScrapeOutcomes(t *testing.T) {
 			wantErr:    "line 2: duplicate series",
 		},
 		{
-			name:       "two label sets match one series",
-			handler:    text("websocket_connections_active{path=\"/a\"} 2\nwebsocket_connections_active{path=\"/b\"} 3\n"),
-			wantReason: ReasonDuplicate,
-			wantErr:    "2 series match websocket_connections_active (lines 1 and 2)",
+			name:    "two label sets match one series",
+			handler: text("websocket_connections_active{path=\"/a\"} 2\nwebsocket_connections_active{path=\"/b\"} 3\nwebsocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonDuplicate}, {Value: 10, Present: true}},
 		},
 		{
-			name:       "required series missing",
-			handler:    text("go_goroutines 8\n"),
-			wantReason: ReasonMissing,
-			wantErr:    "series websocket_connections_active not exposed",
+			name:    "no wanted series",
+			handler: text("go_goroutines 8\n"),
+			want:    []Value{{Problem: ReasonMissing}, {Problem: ReasonMissing}},
+		},
+		{
+			name:    "count absent, limit present",
+			handler: text("websocket_connections_max 10\n"),
+			want:    []Value{{Problem: ReasonMissing}, {Value: 10, Present: true}},
 		},
 	}
 	for _, tc := range tests {
@@ -439,12 +437,17 @@ func TestRequestHeaders(t *testing.T) {
 
 // TestSlowTargetsDoNotBlockOthers occupies all workers but one with targets
 // that never answer, and checks that another target keeps its schedule.
-// With one worker fewer the fast target would never be scraped.
+// With one worker fewer the fast target would never be scraped. The slow
+// targets may take all those workers (FailingConcurrency) and keep their
+// slot after one failure; from the second they back off, which
+// TestBackoffSchedule covers.
 func TestSlowTargetsDoNotBlockOthers(t *testing.T) {
 	const workers = 4
 	cfg := testConfig()
 	cfg.Concurrency = workers
+	cfg.FailingConcurrency = workers - 1
 	cfg.Timeout = cfg.Interval
+	cfg.SlowAfter = cfg.Timeout // hold the workers: TestHangingScrapesLeaveTheirWorkers covers SlowAfter
 	s, sink, clk := startScraper(t, cfg)
 
 	entered := make(chan string, 100)
@@ -488,7 +491,7 @@ func TestSlowTargetsDoNotBlockOthers(t *testing.T) {
 			}
 		}
 	}
-	const rounds = 3
+	const rounds = 2
 	for round := range rounds {
 		waitEntered() // every worker but one is now stuck
 		clk.Step(cfg.Interval / 2)
@@ -792,10 +795,12 @@ func TestConfigValidate(t *testing.T) {
 			{Name: "b", Labels: []exposition.Label{{Name: "x", Value: "1"}}},
 			{Name: "c", Labels: []exposition.Label{{Name: ""}, {Name: "y"}, {Name: "y"}}},
 		},
-		Interval:     time.Second,
-		Timeout:      2 * time.Second,
-		Concurrency:  0,
-		MaxBodyBytes: 0,
+		Interval:           time.Second,
+		Timeout:            2 * time.Second,
+		Concurrency:        0,
+		MaxBodyBytes:       0,
+		FailingConcurrency: -1,
+		BackoffMax:         time.Millisecond,
 	}
 	errs := bad.Validate()
 	var msgs []string
@@ -807,6 +812,7 @@ func TestConfigValidate(t *testing.T) {
 		"series 0: empty name", "series 1 (a): unknown value rule 9", "series 3 (b): given twice",
 		"series 4 (c): empty label name", `series 4 (c): label "y" given twice`,
 		"timeout 2s exceeds the interval 1s", "concurrency must be at least 1", "max body bytes must be positive", "no clock",
+		"failing concurrency must not be negative", "back-off maximum 1ms is shorter than the interval 1s",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("Validate does not report %q; got:\n%s", want, all)
@@ -817,6 +823,11 @@ func TestConfigValidate(t *testing.T) {
 	}
 	if _, err := New(testConfig(), nil); err == nil {
 		t.Error("New accepted a nil sink")
+	}
+	tooMany := testConfig()
+	tooMany.FailingConcurrency = tooMany.Concurrency + 1
+	if errs := tooMany.Validate(); len(errs) != 1 || !strings.Contains(errs[0].Error(), "failing concurrency 5 exceeds the concurrency 4") {
+		t.Errorf("failing concurrency above concurrency: %v", errs)
 	}
 	empty := Config{}
 	if errs := empty.Validate(); len(errs) < 5 {

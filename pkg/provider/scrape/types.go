@@ -24,9 +24,9 @@ type Target struct {
 	URL string
 }
 
-// ValueRule says which values of a series are valid. A scrape with an
-// invalid value fails with ReasonInvalidValue, so that a broken pod has no
-// value rather than a wrong one.
+// ValueRule says which values of a series are valid. A series with an
+// invalid value has no value (Problem ReasonInvalidValue), so that a broken
+// series gives no value rather than a wrong one.
 type ValueRule uint8
 
 const (
@@ -80,22 +80,24 @@ type Series struct {
 	// Name is the sample name as exposed, e.g. websocket_connections_active.
 	Name string
 	// Labels, if any, must be present on the sample with exactly these
-	// values; other labels are ignored. A scrape where more than one sample
-	// matches fails with ReasonDuplicate.
+	// values; other labels are ignored. When more than one sample matches,
+	// the series has no value (Problem ReasonDuplicate).
 	Labels []exposition.Label
 	// Rule is the validation applied to the value.
 	Rule ValueRule
-	// Optional lets a scrape succeed without this series; otherwise its
-	// absence fails the scrape with ReasonMissing.
-	Optional bool
 }
 
-// Value is the value of one series in a successful scrape.
+// Value is the value of one series in a successful scrape. Series are
+// judged one by one: a series that is absent or invalid has no value, and
+// the others of the same scrape keep theirs.
 type Value struct {
-	// Value is the validated sample value.
+	// Value is the validated sample value; meaningful only when Present.
 	Value float64
-	// Present is false when an optional series was not exposed.
+	// Present is true when the series was exposed once with a valid value.
 	Present bool
+	// Problem says why a series has no value: ReasonMissing,
+	// ReasonInvalidValue or ReasonDuplicate; "" when Present.
+	Problem Reason
 }
 
 // Sample is the outcome of a successful scrape.
@@ -126,19 +128,26 @@ const (
 	ReasonTooLarge Reason = "too_large"
 	// ReasonParse: the body is not a valid exposition.
 	ReasonParse Reason = "parse"
-	// ReasonInvalidValue: a wanted value broke its series' rule.
-	ReasonInvalidValue Reason = "invalid_value"
-	// ReasonDuplicate: a wanted series was exposed more than once.
+	// ReasonDuplicate: the body exposes a wanted series (same name and
+	// labels) twice, which fails the whole scrape; as a Value's Problem,
+	// more than one sample matches the series' labels.
 	ReasonDuplicate Reason = "duplicate"
-	// ReasonMissing: a required series was not exposed.
+)
+
+// The reasons one series of a successful scrape has no value (Value.Problem).
+const (
+	// ReasonInvalidValue: the value broke its series' rule.
+	ReasonInvalidValue Reason = "invalid_value"
+	// ReasonMissing: the series was not exposed.
 	ReasonMissing Reason = "missing"
 )
 
-// Reasons returns every Reason, e.g. to initialise a counter per reason.
+// Reasons returns every Reason a whole scrape fails with, e.g. to
+// initialise a counter per reason.
 func Reasons() []Reason {
 	return []Reason{
 		ReasonTimeout, ReasonConnection, ReasonHTTPStatus, ReasonTooLarge,
-		ReasonParse, ReasonInvalidValue, ReasonDuplicate, ReasonMissing,
+		ReasonParse, ReasonDuplicate,
 	}
 }
 
