@@ -4,13 +4,56 @@ import (
 	"context"
 	"fmt"
 
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
-	appslisters "k8s.io/client-go/listers/apps/v1"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
+
+// The indexes of the caches, besides the namespace index, so that a
+// Deployment's pods are found without listing its namespace.
+const (
+	// PodsByReplicaSet indexes pods by "namespace/name" of the ReplicaSet
+	// that controls them.
+	PodsByReplicaSet = "replicaset"
+	// ReplicaSetsByDeployment indexes ReplicaSets by "namespace/name" of the
+	// Deployment that controls them.
+	ReplicaSetsByDeployment = "deployment"
+)
+
+// PodIndexers are the indexes of the pod cache.
+func PodIndexers() cache.Indexers {
+	return cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, PodsByReplicaSet: podReplicaSetIndex}
+}
+
+// ReplicaSetIndexers are the indexes of the ReplicaSet cache.
+func ReplicaSetIndexers() cache.Indexers {
+	return cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc, ReplicaSetsByDeployment: replicaSetDeploymentIndex}
+}
+
+func podReplicaSetIndex(obj any) ([]string, error) {
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		return nil, nil
+	}
+	if ref := metav1.GetControllerOfNoCopy(pod); ref != nil && ref.Kind == "ReplicaSet" {
+		return []string{pod.Namespace + "/" + ref.Name}, nil
+	}
+	return nil, nil
+}
+
+func replicaSetDeploymentIndex(obj any) ([]string, error) {
+	rs, ok := obj.(*appsv1.ReplicaSet)
+	if !ok {
+		return nil, nil
+	}
+	if ref := metav1.GetControllerOfNoCopy(rs); ref != nil && ref.Kind == "Deployment" {
+		return []string{rs.Namespace + "/" + ref.Name}, nil
+	}
+	return nil, nil
+}
 
 // Informers are the caches the provider reads: pods, restricted by the
 // selection's label selector on the server and stripped by StripPod, and
@@ -24,7 +67,7 @@ type Informers struct {
 
 // NewInformers returns the informers of namespace ("" for all) for a
 // selection. Nothing runs until Start.
-func NewInformers(client kubernetes.Interface, namespace string, selection *Selection) *Informers {
+func NewInformers(client kubernetes.Interface, namespace string, selection *Selection) (*Informers, error) {
 	podOpts := []informers.SharedInformerOption{
 		informers.WithNamespace(namespace),
 		informers.WithTransform(selection.StripPod),
@@ -40,18 +83,21 @@ func NewInformers(client kubernetes.Interface, namespace string, selection *Sele
 	}
 	i.pods = i.podFactory.Core().V1().Pods().Informer()
 	i.rs = i.rsFactory.Apps().V1().ReplicaSets().Informer()
-	return i
+	if err := i.pods.AddIndexers(cache.Indexers{PodsByReplicaSet: podReplicaSetIndex}); err != nil {
+		return nil, fmt.Errorf("index pods by ReplicaSet: %w", err)
+	}
+	if err := i.rs.AddIndexers(cache.Indexers{ReplicaSetsByDeployment: replicaSetDeploymentIndex}); err != nil {
+		return nil, fmt.Errorf("index ReplicaSets by Deployment: %w", err)
+	}
+	return i, nil
 }
 
-// Pods returns the pod lister.
-func (i *Informers) Pods() corelisters.PodLister {
-	return corelisters.NewPodLister(i.pods.GetIndexer())
-}
+// Pods returns the pod cache, with the indexes of PodIndexers.
+func (i *Informers) Pods() cache.Indexer { return i.pods.GetIndexer() }
 
-// ReplicaSets returns the ReplicaSet lister.
-func (i *Informers) ReplicaSets() appslisters.ReplicaSetLister {
-	return appslisters.NewReplicaSetLister(i.rs.GetIndexer())
-}
+// ReplicaSets returns the ReplicaSet cache, with the indexes of
+// ReplicaSetIndexers.
+func (i *Informers) ReplicaSets() cache.Indexer { return i.rs.GetIndexer() }
 
 // AddPodHandler registers a handler of pod events.
 func (i *Informers) AddPodHandler(h cache.ResourceEventHandler) error {
@@ -73,6 +119,11 @@ func (i *Informers) WaitForSync(ctx context.Context) error {
 		return fmt.Errorf("wait for pod and ReplicaSet caches: %w", context.Cause(ctx))
 	}
 	return nil
+}
+
+// HasSynced reports whether both caches hold a full list.
+func (i *Informers) HasSynced() bool {
+	return i.pods.HasSynced() && i.rs.HasSynced()
 }
 
 // Shutdown waits for the informers' goroutines after ctx is done.

@@ -70,7 +70,6 @@ func NewOptions() *Options {
 		PrometheusTimeout:        5 * time.Second,
 		PrometheusNamespaceLabel: "namespace",
 		PrometheusPodLabel:       "pod",
-		MetricsBindAddress:       ":8080",
 	}
 }
 
@@ -96,7 +95,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.PrometheusTimeout, "prometheus-timeout", o.PrometheusTimeout, "Time allowed for one Prometheus query.")
 	fs.StringVar(&o.PrometheusNamespaceLabel, "prometheus-namespace-label", o.PrometheusNamespaceLabel, "Series label holding the pod's namespace, with --source=prometheus.")
 	fs.StringVar(&o.PrometheusPodLabel, "prometheus-pod-label", o.PrometheusPodLabel, "Series label holding the pod's name, with --source=prometheus.")
-	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the adapter's own Prometheus metrics (plain HTTP /metrics); \"0\" disables them.")
+	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Also serve the adapter's own metrics on this address as plain, unauthenticated HTTP /metrics, e.g. :8080 (default: off; they are always on the secure port's /metrics, behind delegated authentication and authorization).")
 	fs.StringVar(&o.APIServiceOwner, "apiservice-service", o.APIServiceOwner, "NAMESPACE/NAME of the Service that fronts this adapter, to warn at start when the custom.metrics.k8s.io APIService points elsewhere (default: wsscale-adapter in the pod's namespace).")
 }
 

@@ -39,6 +39,9 @@ func TestDefaults(t *testing.T) {
 	if len(cfg.Metrics) != 2 || cfg.Metrics[0].Name != "websocket_connections" || cfg.Scrape.Series[0].Name != "websocket_connections_active" {
 		t.Errorf("metrics %+v, series %+v", cfg.Metrics, cfg.Scrape.Series)
 	}
+	if o.MetricsBindAddress != "" {
+		t.Errorf("own metrics on plain HTTP at %q by default; they belong on the secure port only", o.MetricsBindAddress)
+	}
 	if o.Base.SecureServing == nil || o.Base.Authentication == nil || o.Base.Authorization == nil {
 		t.Error("serving, authentication and authorization options missing")
 	}
