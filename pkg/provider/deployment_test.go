@@ -8,8 +8,6 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -174,12 +172,7 @@ func TestDeploymentRule(t *testing.T) {
 // TestResourceNames asks for the same values under every name a user may
 // write for pods and Deployments.
 func TestResourceNames(t *testing.T) {
-	mapper := meta.NewDefaultRESTMapper(nil)
-	mapper.Add(schema.GroupVersionKind{Version: "v1", Kind: "Pod"}, meta.RESTScopeNamespace)
-	mapper.Add(schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}, meta.RESTScopeNamespace)
-	mapper.Add(schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "ReplicaSet"}, meta.RESTScopeNamespace)
 	p, _ := testProvider(t)
-	p.mapper = mapper
 	tests := []struct {
 		name     string
 		resource schema.GroupResource
@@ -191,9 +184,12 @@ func TestResourceNames(t *testing.T) {
 		{name: "deployments", resource: schema.GroupResource{Resource: "deployments"}, object: "echo", want: "60"},
 		{name: "deployment", resource: schema.GroupResource{Resource: "deployment"}, object: "echo", want: "60"},
 		{name: "deployment.apps", resource: schema.GroupResource{Group: "apps", Resource: "deployment"}, object: "echo", want: "60"},
+		{name: "deploy", resource: schema.GroupResource{Resource: "deploy"}, object: "echo", want: "60"},
 		{name: "pods", resource: schema.GroupResource{Resource: "pods"}, object: "echo-1", want: "10"},
 		{name: "pod", resource: schema.GroupResource{Resource: "pod"}, object: "echo-1", want: "10"},
-		{name: "replicasets: known to the API, not served", resource: schema.GroupResource{Resource: "replicasets"}, object: "echo-aaa", wantCode: http.StatusNotFound},
+		{name: "po", resource: schema.GroupResource{Resource: "po"}, object: "echo-1", want: "10"},
+		{name: "replicasets: not served", resource: schema.GroupResource{Group: "apps", Resource: "replicasets"}, object: "echo-aaa", wantCode: http.StatusNotFound},
+		{name: "pods of another group", resource: schema.GroupResource{Group: "example.com", Resource: "pods"}, object: "echo-1", wantCode: http.StatusNotFound},
 		{name: "unknown resource", resource: schema.GroupResource{Resource: "gadgets"}, object: "echo", wantCode: http.StatusNotFound},
 	}
 	for _, tt := range tests {
@@ -219,5 +215,3 @@ func TestResourceNames(t *testing.T) {
 		})
 	}
 }
-
-var _ = metav1.Now

@@ -58,8 +58,9 @@ type Config struct {
 	// ReplicaSets is the ReplicaSet cache, with the indexes of
 	// ReplicaSetIndexers, to find a Deployment's pods.
 	ReplicaSets cache.Indexer
-	// Mapper, if not nil, resolves the resource names of requests, so that
-	// deployments, deployment and deployments.apps mean the same.
+	// Mapper resolves the resource names of requests, so that deployments,
+	// deployment and deployments.apps mean the same; nil means a static
+	// mapper of the served resources (ServedResources).
 	Mapper meta.RESTMapper
 	// Selection says which pods are tracked.
 	Selection *Selection
@@ -109,6 +110,9 @@ func New(cfg Config) (*Provider, error) {
 	}
 	if p.clock == nil {
 		p.clock = clock.RealClock{}
+	}
+	if p.mapper == nil {
+		p.mapper = ServedResources()
 	}
 	for i, m := range p.metrics {
 		p.byName[m.Name] = i
@@ -183,13 +187,30 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 	return list, nil
 }
 
+// ServedResources returns a RESTMapper of the resources metrics are served
+// for. It is static: these are built-in kinds, and asking the cluster's
+// discovery would include custom.metrics.k8s.io, this adapter's own group,
+// which is unavailable while the adapter starts.
+func ServedResources() meta.RESTMapper {
+	m := meta.NewDefaultRESTMapper([]schema.GroupVersion{{Version: "v1"}, {Group: "apps", Version: "v1"}})
+	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Pod"}, meta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}, meta.RESTScopeNamespace)
+	return m
+}
+
+// shortNames are the short names kubectl knows for the served resources.
+var shortNames = map[string]string{"po": "pods", "deploy": "deployments"}
+
 // normalize resolves the resource of a request through the RESTMapper, as
 // the custom-metrics-apiserver's helpers do: the API server passes the
-// resource as the client wrote it (deployments, deployment.apps, ...).
+// resource as the client wrote it (deployments, deployment.apps, deploy).
 // A resource the mapper does not know is left as it is, and not found.
 func (p *Provider) normalize(info cmprovider.CustomMetricInfo) cmprovider.CustomMetricInfo {
-	if p.mapper == nil || info.GroupResource == podsResource || info.GroupResource == deploymentsResource {
+	if info.GroupResource == podsResource || info.GroupResource == deploymentsResource {
 		return info
+	}
+	if long, ok := shortNames[info.GroupResource.Resource]; ok {
+		info.GroupResource.Resource = long
 	}
 	if normalized, _, err := info.Normalized(p.mapper); err == nil {
 		return normalized
