@@ -7,8 +7,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -65,16 +68,39 @@ type Informers struct {
 	rs         cache.SharedIndexInformer
 }
 
+// NewInformersForConfig returns the informers of namespace ("" for all) for
+// a selection, with a client of their own made from cfg that speaks
+// protobuf, the API server's cheapest encoding to send and to decode.
+func NewInformersForConfig(cfg *rest.Config, namespace string, selection *Selection) (*Informers, error) {
+	cfg = rest.CopyConfig(cfg)
+	cfg.ContentType = runtime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("informer client: %w", err)
+	}
+	return NewInformers(client, namespace, selection)
+}
+
+// runningPods is the field selector of the pod watch: only running pods can
+// be scraped, and the API server leaves the others (pending, completed
+// Jobs) out of the watch.
+var runningPods = fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning)).String()
+
 // NewInformers returns the informers of namespace ("" for all) for a
-// selection. Nothing runs until Start.
+// selection. The pod watch is filtered on the API server by the selection's
+// label selector and by phase Running. Nothing runs until Start.
 func NewInformers(client kubernetes.Interface, namespace string, selection *Selection) (*Informers, error) {
+	labelSelector := ""
+	if selection.Selector != nil && !selection.Selector.Empty() {
+		labelSelector = selection.Selector.String()
+	}
 	podOpts := []informers.SharedInformerOption{
 		informers.WithNamespace(namespace),
 		informers.WithTransform(selection.StripPod),
-	}
-	if selection.Selector != nil && !selection.Selector.Empty() {
-		sel := selection.Selector.String()
-		podOpts = append(podOpts, informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = sel }))
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.LabelSelector, o.FieldSelector = labelSelector, runningPods
+		}),
 	}
 	i := &Informers{
 		podFactory: informers.NewSharedInformerFactoryWithOptions(client, 0, podOpts...),

@@ -26,6 +26,14 @@ const (
 	PathAnnotation   = "prometheus.io/path"
 )
 
+// ScrapeLabel is the pod label that opts a pod in by default: a label, so
+// that the API server filters the watch and the adapter never receives the
+// cluster's other pods.
+const ScrapeLabel = "wsscale.io/scrape"
+
+// DefaultPodSelector selects the pods labelled wsscale.io/scrape=true.
+const DefaultPodSelector = ScrapeLabel + "=true"
+
 // DefaultMetricsPortName is the container port scraped when a pod has no
 // prometheus.io/port annotation.
 const DefaultMetricsPortName = "metrics"

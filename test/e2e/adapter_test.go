@@ -57,6 +57,10 @@ func TestAdapterServesConnectionsToTheHPA(t *testing.T) {
 
 	installAdapter(ctx, t, client, c.RESTConfig())
 	echoPod := installEcho(ctx, t, client)
+	// A pod with the Prometheus annotations but not the wsscale.io/scrape
+	// label: the adapter's default watch never sees it, so it is absent
+	// from every answer below.
+	installUnlabelledPod(ctx, t, client)
 
 	// Hold the connections on the one echo pod, dialled inside the node network.
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -297,7 +301,7 @@ func statusCode(err error) int {
 
 func resourceQuantity(v int64) *resource.Quantity { return resource.NewQuantity(v, resource.DecimalSI) }
 
-func must[T any](t *testing.T, what string) func(T, error) T {
+func must[T any](t testing.TB, what string) func(T, error) T {
 	return func(v T, err error) T {
 		t.Helper()
 		if err != nil && !apierrors.IsAlreadyExists(err) {
@@ -415,7 +419,7 @@ func installAdapter(ctx context.Context, t *testing.T, client kubernetes.Interfa
 func installEcho(ctx context.Context, t *testing.T, client kubernetes.Interface) *corev1.Pod {
 	t.Helper()
 	must[*corev1.Namespace](t, "namespace")(client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: echoNamespace}}, metav1.CreateOptions{}))
-	labels := map[string]string{"app": "echo"}
+	labels := map[string]string{"app": "echo", "wsscale.io/scrape": "true"}
 	must[*appsv1.Deployment](t, "echo deployment")(client.AppsV1().Deployments(echoNamespace).Create(ctx, &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
 		Spec: appsv1.DeploymentSpec{
@@ -463,6 +467,39 @@ func installEcho(ctx context.Context, t *testing.T, client kubernetes.Interface)
 		return false, strings.Join(states, ", ")
 	})
 	return &pod
+}
+
+// installUnlabelledPod runs an echo pod annotated prometheus.io/scrape=true
+// without the wsscale.io/scrape label, and waits until it is ready.
+func installUnlabelledPod(ctx context.Context, t *testing.T, client kubernetes.Interface) {
+	t.Helper()
+	must[*corev1.Pod](t, "unlabelled pod")(client.CoreV1().Pods(echoNamespace).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "unlabelled", Labels: map[string]string{"app": "unlabelled"}, Annotations: map[string]string{
+			"prometheus.io/scrape": "true", "prometheus.io/port": "9090", "prometheus.io/path": "/metrics",
+		}},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To[int64](1),
+			Containers: []corev1.Container{{
+				Name: "echo", Image: "wsscale/echo:dev",
+				Env:   []corev1.EnvVar{{Name: "PORT", Value: "8080"}, {Name: "METRICS_PORT", Value: "9090"}},
+				Ports: []corev1.ContainerPort{{Name: "ws", ContainerPort: 8080}, {Name: "metrics", ContainerPort: 9090}},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("ws")}},
+					PeriodSeconds: 1},
+			}},
+		},
+	}, metav1.CreateOptions{}))
+	poll(ctx, t, "unlabelled pod ready", 2*time.Minute, func() (bool, string) {
+		p, err := client.CoreV1().Pods(echoNamespace).Get(ctx, "unlabelled", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return true, string(p.Status.Phase)
+			}
+		}
+		return false, string(p.Status.Phase)
+	})
 }
 
 func createHPA(ctx context.Context, t *testing.T, client kubernetes.Interface) {

@@ -14,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	apimetrics "k8s.io/apiserver/pkg/endpoints/metrics"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -48,10 +47,6 @@ func (c *Config) Complete() (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(restConfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
 	dyn, err := o.Base.DynamicClient()
 	if err != nil {
 		return nil, err
@@ -66,7 +61,7 @@ func (c *Config) Complete() (*Adapter, error) {
 
 	a := &Adapter{cfg: c, dynamic: dyn, owner: o.APIServiceOwner,
 		metrics: prometheus.Gatherers{legacyregistry.DefaultGatherer, registry}}
-	if a.informers, err = provider.NewInformers(client, o.WatchNamespace, c.Selection); err != nil {
+	if a.informers, err = provider.NewInformersForConfig(restConfig, o.WatchNamespace, c.Selection); err != nil {
 		return nil, err
 	}
 
