@@ -1,7 +1,6 @@
 package provider
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -10,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apiserver/pkg/server/healthz"
 	"k8s.io/apiserver/pkg/server/mux"
 	testingclock "k8s.io/utils/clock/testing"
@@ -139,49 +137,6 @@ func TestReadyz(t *testing.T) {
 				if !strings.Contains(body, w) {
 					t.Errorf("body lacks %q:\n%s", w, body)
 				}
-			}
-		})
-	}
-}
-
-// TestHadValue follows a pod through the states the Deployment rule tells
-// apart: never scraped, scraped, failing after a value (still may serve),
-// restarted (serves nobody until scraped again), and the restart seen by the
-// PodTracker from the pod's container statuses.
-func TestHadValue(t *testing.T) {
-	clk := testingclock.NewFakeClock(t0)
-	store := NewStore(DefaultMetrics(), 10*time.Second, clk, nil)
-	sel := &Selection{PortName: DefaultMetricsPortName}
-	tracker := NewPodTracker(sel, nil, store)
-	withRestarts := func(n int32) podOpt {
-		return func(p *corev1.Pod) {
-			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "echo", RestartCount: n}}
-		}
-	}
-	a := scrape.PodKey{Namespace: "ns", Name: "a"}
-	steps := []struct {
-		name    string
-		do      func()
-		wantOK  bool
-		wantHad bool
-	}{
-		{name: "tracked, never scraped", do: func() { tracker.OnAdd(newPod("ns", "a", withRestarts(0)), true) }},
-		{name: "scraped", do: func() { store.Observe(a, sample(clk.Now(), 3, 10)) }, wantOK: true, wantHad: true},
-		{name: "scrape fails: no value, but it had one", do: func() { store.Fail(a, scrape.Failure{Time: clk.Now(), Reason: scrape.ReasonTimeout}) }, wantHad: true},
-		{name: "an update without a restart changes nothing", do: func() { tracker.OnUpdate(nil, newPod("ns", "a", withRestarts(0), notReady())) }, wantHad: true},
-		{name: "the container restarted", do: func() { tracker.OnUpdate(nil, newPod("ns", "a", withRestarts(1), notReady())) }},
-		{name: "scraped again", do: func() { store.Observe(a, sample(clk.Now(), 0, 10)) }, wantOK: true, wantHad: true},
-		{name: "stale: no value, but it had one", do: func() { clk.Step(11 * time.Second) }, wantHad: true},
-	}
-	for _, st := range steps {
-		t.Run(st.name, func(t *testing.T) {
-			st.do()
-			pts, err := store.Lookup(context.Background(), 0, "ns", []string{"a"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if pts[0].OK != st.wantOK || pts[0].HadValue != st.wantHad {
-				t.Errorf("point %+v, want OK %v, HadValue %v", pts[0], st.wantOK, st.wantHad)
 			}
 		})
 	}

@@ -182,7 +182,9 @@ func (a *Adapter) Run(ctx context.Context) error {
 	a.informers.Start(ctx)
 	defer a.informers.Shutdown()
 	if err := a.informers.WaitForSync(ctx); err != nil {
-		return stop(err)
+		// Only the end of ctx ends the wait: a signal (a clean stop) or
+		// the server's failure (its error).
+		return stop(nil)
 	}
 	klog.InfoS("Pod and ReplicaSet caches synced")
 	checkAPIServices(ctx, a.dynamic, a.owner)
