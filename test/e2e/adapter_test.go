@@ -151,6 +151,13 @@ func checkOwnMetrics(ctx context.Context, t *testing.T, c *localcluster.Cluster,
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("adapter pods: %v, %v", pods, err)
 	}
+	// The node agent probed /readyz and /livez over HTTPS: the pod is
+	// Ready (else the APIService would have no endpoint) and never restarted.
+	for _, cs := range pods.Items[0].Status.ContainerStatuses {
+		if !cs.Ready || cs.RestartCount != 0 {
+			t.Errorf("adapter container %s: ready %v, %d restarts", cs.Name, cs.Ready, cs.RestartCount)
+		}
+	}
 	base := fmt.Sprintf("https://%s:6443", pods.Items[0].Status.PodIP)
 	anonymous := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
 		DialContext: c.DialContext, TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // self-signed serving cert
