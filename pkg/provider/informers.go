@@ -66,6 +66,9 @@ type Informers struct {
 	rsFactory  informers.SharedInformerFactory
 	pods       cache.SharedIndexInformer
 	rs         cache.SharedIndexInformer
+	// handlers are the pod handlers' registrations: synced once each
+	// handler has been called for every pod of the initial list.
+	handlers []cache.ResourceEventHandlerRegistration
 }
 
 // NewInformersForConfig returns the informers of namespace ("" for all) for
@@ -125,11 +128,13 @@ func (i *Informers) Pods() cache.Indexer { return i.pods.GetIndexer() }
 // ReplicaSetIndexers.
 func (i *Informers) ReplicaSets() cache.Indexer { return i.rs.GetIndexer() }
 
-// AddPodHandler registers a handler of pod events.
+// AddPodHandler registers a handler of pod events. Call it before Start.
 func (i *Informers) AddPodHandler(h cache.ResourceEventHandler) error {
-	if _, err := i.pods.AddEventHandler(h); err != nil {
+	reg, err := i.pods.AddEventHandler(h)
+	if err != nil {
 		return fmt.Errorf("add pod event handler: %w", err)
 	}
+	i.handlers = append(i.handlers, reg)
 	return nil
 }
 
@@ -139,17 +144,27 @@ func (i *Informers) Start(ctx context.Context) {
 	i.rsFactory.Start(ctx.Done())
 }
 
-// WaitForSync waits until both caches hold a full list, or ctx is done.
+// WaitForSync waits until both caches hold a full list and every pod
+// handler has seen it, or ctx is done.
 func (i *Informers) WaitForSync(ctx context.Context) error {
-	if !cache.WaitForCacheSync(ctx.Done(), i.pods.HasSynced, i.rs.HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), i.HasSynced) {
 		return fmt.Errorf("wait for pod and ReplicaSet caches: %w", context.Cause(ctx))
 	}
 	return nil
 }
 
-// HasSynced reports whether both caches hold a full list.
+// HasSynced reports whether both caches hold a full list and every pod
+// handler has seen it: the Store then tracks every pod the cache holds.
 func (i *Informers) HasSynced() bool {
-	return i.pods.HasSynced() && i.rs.HasSynced()
+	if !i.pods.HasSynced() || !i.rs.HasSynced() {
+		return false
+	}
+	for _, reg := range i.handlers {
+		if !reg.HasSynced() {
+			return false
+		}
+	}
+	return true
 }
 
 // Shutdown waits for the informers' goroutines after ctx is done.

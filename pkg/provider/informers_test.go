@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
 )
 
@@ -95,5 +96,54 @@ func TestInformerRequests(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// gatedHandler holds its first OnAdd until released.
+type gatedHandler struct {
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (g *gatedHandler) OnAdd(any, bool) {
+	g.once.Do(func() {
+		close(g.entered)
+		<-g.release
+	})
+}
+func (g *gatedHandler) OnUpdate(_, _ any) {}
+func (g *gatedHandler) OnDelete(any)      {}
+
+// TestSyncWaitsForHandlers: the caches count as synced only once every
+// handler has seen the initial list, so the first scrape round never begins
+// from a Store that misses pods the cache already holds.
+func TestSyncWaitsForHandlers(t *testing.T) {
+	client := fake.NewClientset(newPod("ns", "a", withLabels(ScrapeLabel, "true")))
+	sel := &Selection{Selector: labels.SelectorFromSet(labels.Set{ScrapeLabel: "true"}), PortName: DefaultMetricsPortName}
+	inf, err := NewInformers(client, "", sel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gate := &gatedHandler{entered: make(chan struct{}), release: make(chan struct{})}
+	if err := inf.AddPodHandler(gate); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer func() { cancel(); inf.Shutdown() }()
+	inf.Start(ctx)
+	select {
+	case <-gate.entered: // the pod is in the cache; the handler is busy with it
+	case <-ctx.Done():
+		t.Fatal("handler never called")
+	}
+	if inf.HasSynced() {
+		t.Error("synced while a handler has not seen the initial list")
+	}
+	close(gate.release)
+	if err := inf.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !inf.HasSynced() {
+		t.Error("not synced after WaitForSync")
 	}
 }

@@ -203,6 +203,11 @@ func TestPodTrackerWithInformer(t *testing.T) {
 	if err := inf.WaitForSync(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Synced means the handlers have seen every pod of the initial list
+	// too: the first scrape round begins from a complete Store.
+	if got := tracker.Tracked(); got != 1 {
+		t.Fatalf("tracked %d pods right after the sync, want 1", got)
+	}
 	if e := targets.next(t); e != "set ns/a" {
 		t.Fatalf("event %q, want set ns/a", e)
 	}
