@@ -17,7 +17,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
@@ -70,7 +69,7 @@ func decodePod(tb testing.TB, i int) *corev1.Pod {
 // with a fresh value.
 func benchCluster(tb testing.TB, n int) (*Provider, *Store) {
 	sel := &Selection{RequireAnnotation: true, PortName: DefaultMetricsPortName}
-	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, PodIndexers())
 	store := NewStore(DefaultMetrics(), time.Hour, clock.RealClock{}, nil)
 	tracker := NewPodTracker(sel, nil, store)
 	now := time.Now()
@@ -84,7 +83,7 @@ func benchCluster(tb testing.TB, n int) (*Provider, *Store) {
 			Time: now, Values: []scrape.Value{{Value: float64(i), Present: true}, {Value: 10000, Present: true}},
 		})
 	}
-	p, err := New(Config{Metrics: DefaultMetrics(), Pods: corelisters.NewPodLister(idx), ReplicaSets: rsLister(tb), Selection: sel, Source: store})
+	p, err := New(Config{Metrics: DefaultMetrics(), Pods: idx, ReplicaSets: rsIndexer(tb), Selection: sel, Source: store})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -189,7 +188,7 @@ func BenchmarkFreshness(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, PodIndexers())
 	sel := &Selection{PortName: DefaultMetricsPortName}
 	for i := range n {
 		pod := newPod("ws", fmt.Sprintf("pod-%d", i))
@@ -201,7 +200,7 @@ func BenchmarkFreshness(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	p, err := New(Config{Metrics: metrics, Pods: corelisters.NewPodLister(idx), ReplicaSets: rsLister(b), Selection: sel, Source: store})
+	p, err := New(Config{Metrics: metrics, Pods: idx, ReplicaSets: rsIndexer(b), Selection: sel, Source: store})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,8 +8,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	appslisters "k8s.io/client-go/listers/apps/v1"
-	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 )
 
@@ -25,6 +23,15 @@ func withLabels(kv ...string) podOpt {
 	}
 }
 
+func withReady(ready bool) podOpt {
+	return func(p *corev1.Pod) {
+		status := corev1.ConditionFalse
+		if ready {
+			status = corev1.ConditionTrue
+		}
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: status}}
+	}
+}
 func withPhase(ph corev1.PodPhase) podOpt { return func(p *corev1.Pod) { p.Status.Phase = ph } }
 func withIP(ip string) podOpt             { return func(p *corev1.Pod) { p.Status.PodIP = ip } }
 func terminating() podOpt {
@@ -45,13 +52,14 @@ func ownedBy(kind, name string) podOpt {
 	}
 }
 
-// newPod returns a running, annotated pod with an IP.
+// newPod returns a running, Ready, annotated pod with an IP.
 func newPod(ns, name string, opts ...podOpt) *corev1.Pod {
 	p := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, UID: types.UID("uid-" + name),
 			Labels:      map[string]string{"app": "echo"},
 			Annotations: map[string]string{ScrapeAnnotation: "true", PortAnnotation: "9090"}},
-		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.10"},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.10",
+			Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}},
 	}
 	for _, o := range opts {
 		o(p)
@@ -68,26 +76,26 @@ func newReplicaSet(ns, name, deployment string) *appsv1.ReplicaSet {
 	return rs
 }
 
-func podLister(t testing.TB, pods ...*corev1.Pod) corelisters.PodLister {
+func podIndexer(t testing.TB, pods ...*corev1.Pod) cache.Indexer {
 	t.Helper()
-	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, PodIndexers())
 	for _, p := range pods {
 		if err := idx.Add(p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return corelisters.NewPodLister(idx)
+	return idx
 }
 
-func rsLister(t testing.TB, sets ...*appsv1.ReplicaSet) appslisters.ReplicaSetLister {
+func rsIndexer(t testing.TB, sets ...*appsv1.ReplicaSet) cache.Indexer {
 	t.Helper()
-	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, ReplicaSetIndexers())
 	for _, rs := range sets {
 		if err := idx.Add(rs); err != nil {
 			t.Fatal(err)
 		}
 	}
-	return appslisters.NewReplicaSetLister(idx)
+	return idx
 }
 
 // fakeSource serves fixed points by "namespace/pod", per metric.

@@ -26,6 +26,14 @@ const (
 	PathAnnotation   = "prometheus.io/path"
 )
 
+// ScrapeLabel is the pod label that opts a pod in by default: a label, so
+// that the API server filters the watch and the adapter never receives the
+// cluster's other pods.
+const ScrapeLabel = "wsscale.io/scrape"
+
+// DefaultPodSelector selects the pods labelled wsscale.io/scrape=true.
+const DefaultPodSelector = ScrapeLabel + "=true"
+
 // DefaultMetricsPortName is the container port scraped when a pod has no
 // prometheus.io/port annotation.
 const DefaultMetricsPortName = "metrics"
@@ -94,8 +102,9 @@ func (s *Selection) Target(pod *corev1.Pod) (scrape.Target, error) {
 
 // StripPod is an informer transform: it keeps only what the adapter reads
 // (name, namespace, labels, the prometheus.io annotations, the controller
-// owner, phase, IP, deletion timestamp and the metrics container port), so
-// that a cached pod costs a few hundred bytes instead of several kilobytes.
+// owner, phase, IP, the Ready condition, the containers' total restart
+// count, deletion timestamp and the metrics container port), so that a cached pod
+// costs a few hundred bytes instead of several kilobytes.
 func (s *Selection) StripPod(obj any) (any, error) {
 	pod, ok := obj.(*corev1.Pod)
 	if !ok {
@@ -111,6 +120,16 @@ func (s *Selection) StripPod(obj any) (any, error) {
 			DeletionTimestamp: pod.DeletionTimestamp,
 		},
 		Status: corev1.PodStatus{Phase: pod.Status.Phase, PodIP: pod.Status.PodIP},
+	}
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			out.Status.Conditions = []corev1.PodCondition{{Type: c.Type, Status: c.Status}}
+		}
+	}
+	// One status holding the total restart count, and only when there was
+	// a restart: most pods never restart, and a status costs 208 bytes.
+	if n := restartCount(pod); n > 0 {
+		out.Status.ContainerStatuses = []corev1.ContainerStatus{{RestartCount: n}}
 	}
 	for _, a := range [...]string{ScrapeAnnotation, PortAnnotation, PathAnnotation} {
 		if v, ok := pod.Annotations[a]; ok {
@@ -172,6 +191,8 @@ type Tracker interface {
 	Add(key scrape.PodKey)
 	// Delete stops tracking a pod.
 	Delete(key scrape.PodKey)
+	// Restarted says that a container of a tracked pod restarted.
+	Restarted(key scrape.PodKey)
 }
 
 var (
@@ -187,8 +208,10 @@ type PodTracker struct {
 	targets   Targets // nil when values come from elsewhere (Prometheus)
 	tracker   Tracker // nil when values come from elsewhere
 
-	mu      sync.Mutex
-	tracked map[scrape.PodKey]struct{}
+	mu sync.Mutex
+	// tracked holds the total restart count of each tracked pod's
+	// containers, to tell the tracker when one restarts.
+	tracked map[scrape.PodKey]int32
 	count   atomic.Int64
 }
 
@@ -197,7 +220,7 @@ var _ cache.ResourceEventHandler = (*PodTracker)(nil)
 // NewPodTracker returns a PodTracker; targets and tracker may be nil, then
 // it only counts the selected pods.
 func NewPodTracker(selection *Selection, targets Targets, tracker Tracker) *PodTracker {
-	return &PodTracker{selection: selection, targets: targets, tracker: tracker, tracked: map[scrape.PodKey]struct{}{}}
+	return &PodTracker{selection: selection, targets: targets, tracker: tracker, tracked: map[scrape.PodKey]int32{}}
 }
 
 // Tracked returns the number of tracked pods.
@@ -240,12 +263,18 @@ func (t *PodTracker) sync(obj any) {
 	}
 	// The store learns of the pod before the scraper, so that the first
 	// scrape is not dropped.
+	restarts := restartCount(pod)
 	t.mu.Lock()
-	if _, ok := t.tracked[key]; !ok {
-		t.tracked[key] = struct{}{}
+	if before, ok := t.tracked[key]; !ok {
+		t.tracked[key] = restarts
 		t.count.Add(1)
 		if t.tracker != nil {
 			t.tracker.Add(key)
+		}
+	} else if restarts != before {
+		t.tracked[key] = restarts
+		if t.tracker != nil && restarts > before {
+			t.tracker.Restarted(key)
 		}
 	}
 	t.mu.Unlock()
@@ -255,6 +284,15 @@ func (t *PodTracker) sync(obj any) {
 			t.untrack(key)
 		}
 	}
+}
+
+// restartCount is the total restart count of a pod's containers.
+func restartCount(pod *corev1.Pod) int32 {
+	var n int32
+	for _, c := range pod.Status.ContainerStatuses {
+		n += c.RestartCount
+	}
+	return n
 }
 
 func (t *PodTracker) untrack(key scrape.PodKey) {

@@ -11,6 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes/fake"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	testingclock "k8s.io/utils/clock/testing"
 
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
@@ -88,7 +89,14 @@ func TestStripPod(t *testing.T) {
 	full.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
 	full.Spec.Containers[0].Image = "wsscale/echo"
 	full.Spec.Containers[0].Env = []corev1.EnvVar{{Name: "A", Value: "b"}}
-	full.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady}}
+	full.Status.Conditions = []corev1.PodCondition{
+		{Type: corev1.PodScheduled, Status: corev1.ConditionTrue},
+		{Type: corev1.PodReady, Status: corev1.ConditionTrue, Reason: "r", Message: "m", LastTransitionTime: metav1.Now()},
+	}
+	full.Status.ContainerStatuses = []corev1.ContainerStatus{
+		{Name: "echo", Image: "wsscale/echo", RestartCount: 3, Ready: true, ContainerID: "process://1"},
+		{Name: "sidecar", RestartCount: 1},
+	}
 	full.Spec.NodeName = "node-1"
 
 	obj, err := sel.StripPod(full)
@@ -102,16 +110,19 @@ func TestStripPod(t *testing.T) {
 			Annotations:     map[string]string{ScrapeAnnotation: "true", PathAnnotation: "/m"},
 			OwnerReferences: full.OwnerReferences,
 		},
-		Spec:   corev1.PodSpec{Containers: []corev1.Container{{Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090}}}}},
-		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.10"},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Ports: []corev1.ContainerPort{{Name: "metrics", ContainerPort: 9090}}}}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.10",
+			Conditions:        []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
+			ContainerStatuses: []corev1.ContainerStatus{{RestartCount: 4}},
+		},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("StripPod =\n%+v\nwant\n%+v", got, want)
 	}
 	// What the adapter decides from the stripped pod is what it decides
 	// from the full one.
-	if sel.Selected(got) != sel.Selected(full) {
-		t.Error("selection differs after stripping")
+	if sel.Selected(got) != sel.Selected(full) || podReady(got) != podReady(full) || restartCount(got) != restartCount(full) {
+		t.Error("selection, readiness or restart count differs after stripping")
 	}
 	t1, err1 := sel.Target(got)
 	t2, err2 := sel.Target(full)
@@ -177,7 +188,10 @@ func TestPodTrackerWithInformer(t *testing.T) {
 		newPod("ns", "web", withLabels("app", "web")),
 	)
 	sel := &Selection{Selector: labels.SelectorFromSet(labels.Set{"app": "echo"}), RequireAnnotation: true, PortName: "metrics"}
-	inf := NewInformers(client, "", sel)
+	inf, err := NewInformers(client, "", sel)
+	if err != nil {
+		t.Fatal(err)
+	}
 	targets := newFakeTargets()
 	store := NewStore(DefaultMetrics(), time.Minute, testingclock.NewFakePassiveClock(time.Now()), nil)
 	tracker := NewPodTracker(sel, targets, store)
@@ -189,6 +203,11 @@ func TestPodTrackerWithInformer(t *testing.T) {
 	if err := inf.WaitForSync(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Synced means the handlers have seen every pod of the initial list
+	// too: the first scrape round begins from a complete Store.
+	if got := tracker.Tracked(); got != 1 {
+		t.Fatalf("tracked %d pods right after the sync, want 1", got)
+	}
 	if e := targets.next(t); e != "set ns/a" {
 		t.Fatalf("event %q, want set ns/a", e)
 	}
@@ -196,7 +215,7 @@ func TestPodTrackerWithInformer(t *testing.T) {
 		t.Fatalf("tracked %d, store %+v", tracker.Tracked(), store.Stats())
 	}
 	// The cache holds stripped pods.
-	cached, err := inf.Pods().Pods("ns").Get("a")
+	cached, err := corelisters.NewPodLister(inf.Pods()).Pods("ns").Get("a")
 	if err != nil || cached.Spec.Containers != nil || cached.ManagedFields != nil {
 		t.Fatalf("cached pod %+v, %v", cached, err)
 	}

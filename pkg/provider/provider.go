@@ -15,17 +15,20 @@ import (
 	"fmt"
 	"math"
 	"net/http"
+	"strings"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	appslisters "k8s.io/client-go/listers/apps/v1"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	"k8s.io/utils/clock"
@@ -50,10 +53,15 @@ type RequestObserver interface {
 type Config struct {
 	// Metrics are the served metrics; Source indexes into them.
 	Metrics []Metric
-	// Pods lists the pods in the informer cache.
-	Pods corelisters.PodLister
-	// ReplicaSets lists the ReplicaSets, to find a pod's Deployment.
-	ReplicaSets appslisters.ReplicaSetLister
+	// Pods is the pod cache, with the indexes of PodIndexers.
+	Pods cache.Indexer
+	// ReplicaSets is the ReplicaSet cache, with the indexes of
+	// ReplicaSetIndexers, to find a Deployment's pods.
+	ReplicaSets cache.Indexer
+	// Mapper resolves the resource names of requests, so that deployments,
+	// deployment and deployments.apps mean the same; nil means a static
+	// mapper of the served resources (ServedResources).
+	Mapper meta.RESTMapper
 	// Selection says which pods are tracked.
 	Selection *Selection
 	// Source gives the values.
@@ -69,7 +77,9 @@ type Provider struct {
 	metrics     []Metric
 	byName      map[string]int
 	pods        corelisters.PodLister
-	replicaSets appslisters.ReplicaSetLister
+	podIndex    cache.Indexer
+	replicaSets cache.Indexer
+	mapper      meta.RESTMapper
 	selection   *Selection
 	source      Source
 	observer    RequestObserver
@@ -89,8 +99,10 @@ func New(cfg Config) (*Provider, error) {
 	p := &Provider{
 		metrics:     append([]Metric(nil), cfg.Metrics...),
 		byName:      map[string]int{},
-		pods:        cfg.Pods,
+		pods:        corelisters.NewPodLister(cfg.Pods),
+		podIndex:    cfg.Pods,
 		replicaSets: cfg.ReplicaSets,
+		mapper:      cfg.Mapper,
 		selection:   cfg.Selection,
 		source:      cfg.Source,
 		observer:    cfg.Observer,
@@ -98,6 +110,9 @@ func New(cfg Config) (*Provider, error) {
 	}
 	if p.clock == nil {
 		p.clock = clock.RealClock{}
+	}
+	if p.mapper == nil {
+		p.mapper = ServedResources()
 	}
 	for i, m := range p.metrics {
 		p.byName[m.Name] = i
@@ -121,6 +136,7 @@ func (p *Provider) ListAllMetrics() []cmprovider.CustomMetricInfo {
 // GetMetricByName implements CustomMetricsProvider: the value of one pod, or
 // the aggregate over the pods of one Deployment.
 func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedName, info cmprovider.CustomMetricInfo, metricSelector labels.Selector) (v *custom_metrics.MetricValue, err error) {
+	info = p.normalize(info)
 	defer p.observe("by_name", info.GroupResource, p.clock.Now(), &err)
 	m, err := p.metric(info, metricSelector)
 	if err != nil {
@@ -138,6 +154,7 @@ func (p *Provider) GetMetricByName(ctx context.Context, name types.NamespacedNam
 // selected pods that have a fresh one (the others are left out), or the
 // aggregates of every Deployment in the namespace that has tracked pods.
 func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, selector labels.Selector, info cmprovider.CustomMetricInfo, metricSelector labels.Selector) (list *custom_metrics.MetricValueList, err error) {
+	info = p.normalize(info)
 	defer p.observe("by_selector", info.GroupResource, p.clock.Now(), &err)
 	m, err := p.metric(info, metricSelector)
 	if err != nil {
@@ -168,6 +185,37 @@ func (p *Provider) GetMetricBySelector(ctx context.Context, namespace string, se
 		}
 	}
 	return list, nil
+}
+
+// ServedResources returns a RESTMapper of the resources metrics are served
+// for. It is static: these are built-in kinds, and asking the cluster's
+// discovery would include custom.metrics.k8s.io, this adapter's own group,
+// which is unavailable while the adapter starts.
+func ServedResources() meta.RESTMapper {
+	m := meta.NewDefaultRESTMapper([]schema.GroupVersion{{Version: "v1"}, {Group: "apps", Version: "v1"}})
+	m.Add(schema.GroupVersionKind{Version: "v1", Kind: "Pod"}, meta.RESTScopeNamespace)
+	m.Add(schema.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}, meta.RESTScopeNamespace)
+	return m
+}
+
+// shortNames are the short names kubectl knows for the served resources.
+var shortNames = map[string]string{"po": "pods", "deploy": "deployments"}
+
+// normalize resolves the resource of a request through the RESTMapper, as
+// the custom-metrics-apiserver's helpers do: the API server passes the
+// resource as the client wrote it (deployments, deployment.apps, deploy).
+// A resource the mapper does not know is left as it is, and not found.
+func (p *Provider) normalize(info cmprovider.CustomMetricInfo) cmprovider.CustomMetricInfo {
+	if info.GroupResource == podsResource || info.GroupResource == deploymentsResource {
+		return info
+	}
+	if long, ok := shortNames[info.GroupResource.Resource]; ok {
+		info.GroupResource.Resource = long
+	}
+	if normalized, _, err := info.Normalized(p.mapper); err == nil {
+		return normalized
+	}
+	return info
 }
 
 // metric resolves the metric of a request, or returns the API's NotFound.
@@ -236,56 +284,90 @@ func (p *Provider) podValue(ctx context.Context, m int, name types.NamespacedNam
 	return &v, nil
 }
 
-// DeploymentOf returns the name of the Deployment that controls a pod
-// through its ReplicaSet, or "" when there is none.
-func (p *Provider) DeploymentOf(pod *corev1.Pod) string {
-	ref := metav1.GetControllerOfNoCopy(pod)
-	if ref == nil || ref.Kind != "ReplicaSet" {
-		return ""
-	}
-	rs, err := p.replicaSets.ReplicaSets(pod.Namespace).Get(ref.Name)
-	if err != nil || (ref.UID != "" && rs.UID != "" && rs.UID != ref.UID) {
-		return ""
-	}
-	owner := metav1.GetControllerOfNoCopy(rs)
-	if owner == nil || owner.Kind != "Deployment" {
-		return ""
-	}
-	return owner.Name
+// deploymentPods are the tracked pods of one Deployment, as far as the
+// caches know.
+type deploymentPods struct {
+	// members are the pods of the Deployment's cached ReplicaSets.
+	members []*corev1.Pod
+	// unknown are pods whose ReplicaSet is not in the cache (or is another
+	// one of the same name) and whose name says it may be the Deployment's:
+	// the cache missed a new ReplicaSet, so membership cannot be told.
+	unknown []unknownPod
 }
 
-// deploymentPods groups the tracked pods of a namespace by Deployment;
-// only returns the group of deployment when it is not "".
-func (p *Provider) deploymentPods(namespace, deployment string) (map[string][]string, error) {
-	pods, err := p.pods.Pods(namespace).List(labels.Everything())
+type unknownPod struct {
+	pod        *corev1.Pod
+	replicaSet string
+}
+
+// podsOf returns the tracked pods of a Deployment from the indexes: its
+// ReplicaSets, their pods, and the pods of uncached ReplicaSets named like
+// the Deployment's.
+func (p *Provider) podsOf(namespace, deployment string) (deploymentPods, error) {
+	var out deploymentPods
+	sets, err := p.replicaSets.ByIndex(ReplicaSetsByDeployment, namespace+"/"+deployment)
 	if err != nil {
-		return nil, apierrors.NewInternalError(fmt.Errorf("list pods in %q: %w", namespace, err))
+		return out, apierrors.NewInternalError(fmt.Errorf("ReplicaSets of deployment %s/%s: %w", namespace, deployment, err))
 	}
-	groups := map[string][]string{}
-	for _, pod := range pods {
-		if !p.selection.Selected(pod) {
+	for _, obj := range sets {
+		rs, ok := obj.(*appsv1.ReplicaSet)
+		if !ok {
 			continue
 		}
-		d := p.DeploymentOf(pod)
-		if d == "" || (deployment != "" && d != deployment) {
+		pods, err := p.podIndex.ByIndex(PodsByReplicaSet, namespace+"/"+rs.Name)
+		if err != nil {
+			return out, apierrors.NewInternalError(fmt.Errorf("pods of ReplicaSet %s/%s: %w", namespace, rs.Name, err))
+		}
+		for _, obj := range pods {
+			pod, ok := obj.(*corev1.Pod)
+			if !ok || !p.selection.Selected(pod) {
+				continue
+			}
+			if ref := metav1.GetControllerOfNoCopy(pod); ref == nil || (ref.UID != "" && rs.UID != "" && ref.UID != rs.UID) {
+				out.unknown = append(out.unknown, unknownPod{pod: pod, replicaSet: rs.Name})
+				continue
+			}
+			out.members = append(out.members, pod)
+		}
+	}
+	// The ReplicaSets that pods name but the cache lacks. A Deployment names
+	// its ReplicaSets DEPLOYMENT-HASH, HASH being the pods' pod-template-hash
+	// label.
+	prefix := namespace + "/" + deployment + "-"
+	for _, key := range p.podIndex.ListIndexFuncValues(PodsByReplicaSet) {
+		if !strings.HasPrefix(key, prefix) {
 			continue
 		}
-		groups[d] = append(groups[d], pod.Name)
+		if _, cached, err := p.replicaSets.GetByKey(key); err != nil || cached {
+			continue
+		}
+		rsName := key[len(namespace)+1:]
+		pods, err := p.podIndex.ByIndex(PodsByReplicaSet, key)
+		if err != nil {
+			return out, apierrors.NewInternalError(fmt.Errorf("pods of ReplicaSet %s: %w", key, err))
+		}
+		for _, obj := range pods {
+			pod, ok := obj.(*corev1.Pod)
+			if !ok || !p.selection.Selected(pod) {
+				continue
+			}
+			if hash := pod.Labels[appsv1.DefaultDeploymentUniqueLabelKey]; hash != "" && rsName != deployment+"-"+hash {
+				continue // another Deployment's, e.g. web-canary's for web
+			}
+			out.unknown = append(out.unknown, unknownPod{pod: pod, replicaSet: rsName})
+		}
 	}
-	return groups, nil
+	return out, nil
 }
 
-// deploymentValue aggregates the values of a Deployment's tracked pods. A
-// partial aggregate is not served: if any tracked pod of the Deployment has
-// no fresh value, there is no value (NotFound) and the HPA holds, because a
-// sum over some pods would look like a drop in load.
+// deploymentValue aggregates the values of a Deployment's tracked pods by
+// the Deployment rule (see aggregate).
 func (p *Provider) deploymentValue(ctx context.Context, m int, name types.NamespacedName, metricSelector labels.Selector) (*custom_metrics.MetricValue, error) {
-	groups, err := p.deploymentPods(name.Namespace, name.Name)
+	pods, err := p.podsOf(name.Namespace, name.Name)
 	if err != nil {
 		return nil, err
 	}
-	pods := groups[name.Name]
-	if len(pods) == 0 {
+	if len(pods.members) == 0 && len(pods.unknown) == 0 {
 		return nil, cmprovider.NewMetricNotFoundForError(deploymentsResource, p.metrics[m].Name, name.Name)
 	}
 	v, err := p.aggregate(ctx, m, name, pods, metricSelector)
@@ -299,60 +381,114 @@ func (p *Provider) deploymentValues(ctx context.Context, m int, namespace string
 	if selector != nil && !selector.Empty() {
 		return nil, apierrors.NewBadRequest("label selectors on deployments are not supported; ask for a Deployment by name")
 	}
-	groups, err := p.deploymentPods(namespace, "")
+	sets, err := p.replicaSets.ByIndex(cache.NamespaceIndex, namespace)
 	if err != nil {
-		return nil, err
+		return nil, apierrors.NewInternalError(fmt.Errorf("list ReplicaSets in %q: %w", namespace, err))
 	}
+	seen := map[string]bool{}
 	list := &custom_metrics.MetricValueList{}
-	for d, pods := range groups {
-		v, err := p.aggregate(ctx, m, types.NamespacedName{Namespace: namespace, Name: d}, pods, metricSelector)
+	for _, obj := range sets {
+		rs, ok := obj.(*appsv1.ReplicaSet)
+		if !ok {
+			continue
+		}
+		owner := metav1.GetControllerOfNoCopy(rs)
+		if owner == nil || owner.Kind != "Deployment" || seen[owner.Name] {
+			continue
+		}
+		seen[owner.Name] = true
+		v, err := p.deploymentValue(ctx, m, types.NamespacedName{Namespace: namespace, Name: owner.Name}, metricSelector)
 		if apierrors.IsNotFound(err) {
-			continue // incomplete: left out, like a pod without a value
+			continue // no pods, or incomplete: left out, like a pod without a value
 		}
 		if err != nil {
 			return nil, err
 		}
-		list.Items = append(list.Items, v)
+		list.Items = append(list.Items, *v)
 	}
 	return list, nil
 }
 
-func (p *Provider) aggregate(ctx context.Context, m int, name types.NamespacedName, pods []string, metricSelector labels.Selector) (custom_metrics.MetricValue, error) {
+// servesClients reports whether a pod without a fresh value may still hold
+// connections: it is Ready, or it had a value since its containers last
+// started (a draining pod is not Ready but still closing its clients). A
+// pod that is neither (starting, crash-looping) serves nobody.
+func servesClients(pod *corev1.Pod, pt Point) bool {
+	return pt.HadValue || podReady(pod)
+}
+
+func podReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// aggregate combines a Deployment's values by the Deployment rule. It is
+// never a partial sum that misses a pod serving clients: when such a pod
+// has no fresh value, or may be the Deployment's but its ReplicaSet is not
+// in the cache, there is no value (NotFound) and the HPA holds. A pod that
+// serves nobody and has no value is left out, so a rollout's new pods before
+// their first scrape and crash-looping pods do not freeze the Deployment.
+// With no value at all there is no answer either, never 0.
+func (p *Provider) aggregate(ctx context.Context, m int, name types.NamespacedName, pods deploymentPods, metricSelector labels.Selector) (custom_metrics.MetricValue, error) {
 	metric := p.metrics[m]
-	points, err := p.lookup(ctx, m, name.Namespace, pods)
+	names := make([]string, 0, len(pods.members)+len(pods.unknown))
+	for _, pod := range pods.members {
+		names = append(names, pod.Name)
+	}
+	for _, u := range pods.unknown {
+		names = append(names, u.pod.Name)
+	}
+	points, err := p.lookup(ctx, m, name.Namespace, names)
 	if err != nil {
 		return custom_metrics.MetricValue{}, err
 	}
-	missing := 0
+	notFound := func(format string, args ...any) error {
+		return &apierrors.StatusError{ErrStatus: metav1.Status{
+			Status: metav1.StatusFailure, Code: http.StatusNotFound, Reason: metav1.StatusReasonNotFound,
+			Message: fmt.Sprintf("the server could not find the metric %s for %s %s: ", metric.Name, deploymentsResource, name.Name) +
+				fmt.Sprintf(format, args...),
+		}}
+	}
+	for i, u := range pods.unknown {
+		if pt := points[len(pods.members)+i]; pt.OK || servesClients(u.pod, pt) {
+			return custom_metrics.MetricValue{}, notFound("ReplicaSet %q of pod %q is not in the cache yet, so whether the pod is the Deployment's is unknown", u.replicaSet, u.pod.Name)
+		}
+	}
+	missing, counted := 0, 0
 	var agg float64
 	var oldest time.Time
-	first := true
-	for _, pt := range points {
+	for i, pt := range points[:len(pods.members)] {
 		if !pt.OK {
-			missing++
+			if servesClients(pods.members[i], pt) {
+				missing++
+			}
 			continue
 		}
 		switch {
-		case first:
-			agg, first = pt.Value, false
+		case counted == 0:
+			agg = pt.Value
 		case metric.Aggregation == AggregateMax:
 			agg = math.Max(agg, pt.Value)
 		default:
 			agg += pt.Value
 		}
+		counted++
 		if oldest.IsZero() || pt.Time.Before(oldest) {
 			oldest = pt.Time
 		}
 	}
 	if missing > 0 {
-		return custom_metrics.MetricValue{}, &apierrors.StatusError{ErrStatus: metav1.Status{
-			Status: metav1.StatusFailure, Code: http.StatusNotFound, Reason: metav1.StatusReasonNotFound,
-			Message: fmt.Sprintf("the server could not find the metric %s for %s %s: %d of %d pods have no fresh value",
-				metric.Name, deploymentsResource, name.Name, missing, len(points)),
-		}}
+		return custom_metrics.MetricValue{}, notFound("%d of %d pods that serve clients have no fresh value", missing, missing+counted)
+	}
+	if counted == 0 {
+		return custom_metrics.MetricValue{}, notFound("no pod of the Deployment has a value yet")
 	}
 	if metric.Aggregation == AggregateAvg {
-		agg /= float64(len(points))
+		agg /= float64(counted)
 	}
 	ref := custom_metrics.ObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Namespace: name.Namespace, Name: name.Name}
 	return metricValue(ref, p.identifier(m, metricSelector), Point{Value: agg, Time: oldest, OK: true}), nil

@@ -37,7 +37,7 @@ func deploymentInfo(metric string) cmprovider.CustomMetricInfo {
 //	ns2/echo-1: same name, other namespace
 func testProvider(t *testing.T) (*Provider, *fakeSource) {
 	t.Helper()
-	lister := podLister(t,
+	lister := podIndexer(t,
 		newPod("ns", "echo-1", ownedBy("ReplicaSet", "echo-aaa"), withLabels("app", "echo", "tier", "ws")),
 		newPod("ns", "echo-2", ownedBy("ReplicaSet", "echo-aaa"), withLabels("app", "echo", "tier", "ws")),
 		newPod("ns", "echo-3", ownedBy("ReplicaSet", "echo-bbb"), withLabels("app", "echo", "tier", "edge")),
@@ -48,7 +48,7 @@ func testProvider(t *testing.T) (*Provider, *fakeSource) {
 		newPod("ns", "bare", withLabels("app", "bare")),
 		newPod("ns2", "echo-1", ownedBy("ReplicaSet", "echo-aaa")),
 	)
-	rs := rsLister(t,
+	rs := rsIndexer(t,
 		newReplicaSet("ns", "echo-aaa", "echo"),
 		newReplicaSet("ns", "echo-bbb", "echo"),
 		newReplicaSet("ns", "other-ccc", "other"),
@@ -240,7 +240,7 @@ func TestDeploymentIncompleteMessage(t *testing.T) {
 	p, src := testProvider(t)
 	delete(src.points[0], "ns/echo-3")
 	_, err := p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "ns", Name: "echo"}, deploymentInfo(ConnectionsMetric), labels.Everything())
-	if !apierrors.IsNotFound(err) || err.Error() != "the server could not find the metric websocket_connections for deployments.apps echo: 1 of 3 pods have no fresh value" {
+	if !apierrors.IsNotFound(err) || err.Error() != "the server could not find the metric websocket_connections for deployments.apps echo: 1 of 3 pods that serve clients have no fresh value" {
 		t.Fatalf("err = %v", err)
 	}
 	list, err := p.GetMetricBySelector(context.Background(), "ns", labels.Everything(), deploymentInfo(ConnectionsMetric), labels.Everything())

@@ -97,7 +97,7 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 	go func() { _ = scraper.Run(ctx); close(runDone) }()
 	defer func() { cancel(); <-runDone }()
 
-	prov, err := New(Config{Metrics: metrics, Pods: podLister(t, pods...), ReplicaSets: rsLister(t), Selection: sel, Source: store})
+	prov, err := New(Config{Metrics: metrics, Pods: podIndexer(t, pods...), ReplicaSets: rsIndexer(t), Selection: sel, Source: store})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,7 +224,7 @@ func TestMissingSeriesBlanksOnlyItsMetric(t *testing.T) {
 		}
 	}
 
-	prov, err := New(Config{Metrics: metrics, Pods: podLister(t, pods...), ReplicaSets: rsLister(t), Selection: sel, Source: store})
+	prov, err := New(Config{Metrics: metrics, Pods: podIndexer(t, pods...), ReplicaSets: rsIndexer(t), Selection: sel, Source: store})
 	if err != nil {
 		t.Fatal(err)
 	}

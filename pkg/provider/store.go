@@ -19,6 +19,10 @@ type Point struct {
 	Time time.Time
 	// OK is false when the pod has no fresh value.
 	OK bool
+	// HadValue is true when the pod had a value since its containers last
+	// started, fresh or not: it may hold connections even without a fresh
+	// value. Sources that cannot tell leave it false.
+	HadValue bool
 }
 
 // Source gives the latest fresh values of a served metric. The scraping
@@ -47,6 +51,11 @@ type Store struct {
 
 	mu   sync.RWMutex
 	pods map[scrape.PodKey]*podValues
+	// firstRound holds the pods tracked when scraping began that have not
+	// been scraped since; nil before BeginFirstRound. roundDone latches once
+	// it empties.
+	firstRound map[scrape.PodKey]struct{}
+	roundDone  bool
 }
 
 // podValues are the values of one pod. values is nil until the first
@@ -59,6 +68,8 @@ type podValues struct {
 	// was missing or invalid (ReasonMissing, ReasonInvalidValue,
 	// ReasonDuplicate).
 	problems []scrape.Reason
+	// hadValue: a scrape succeeded since the pod's containers last started.
+	hadValue bool
 }
 
 var (
@@ -99,7 +110,58 @@ func (s *Store) Add(key scrape.PodKey) {
 func (s *Store) Delete(key scrape.PodKey) {
 	s.mu.Lock()
 	delete(s.pods, key)
+	s.scrapedLocked(key)
 	s.mu.Unlock()
+}
+
+// Restarted records that a container of a tracked pod restarted: whatever
+// connections it held are gone, so until its next successful scrape it
+// counts as a pod that had no value (see Point.HadValue).
+func (s *Store) Restarted(key scrape.PodKey) {
+	s.mu.Lock()
+	if p, ok := s.pods[key]; ok {
+		p.hadValue = false
+	}
+	s.mu.Unlock()
+}
+
+// BeginFirstRound marks the start of scraping: the first round is done once
+// every pod tracked now has been scraped once, successfully or not, or has
+// gone. Pods added later do not hold it up, so that a cluster that keeps
+// starting pods cannot keep the adapter unready. Later calls do nothing.
+func (s *Store) BeginFirstRound() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.firstRound != nil || s.roundDone {
+		return
+	}
+	s.firstRound = make(map[scrape.PodKey]struct{}, len(s.pods))
+	for key := range s.pods {
+		s.firstRound[key] = struct{}{}
+	}
+	s.roundDone = len(s.firstRound) == 0
+}
+
+// FirstRoundDone reports whether the first scrape round is done, and how
+// many pods it still waits for.
+func (s *Store) FirstRoundDone() (bool, int) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.firstRound == nil && !s.roundDone {
+		return false, len(s.pods)
+	}
+	return s.roundDone, len(s.firstRound)
+}
+
+// scrapedLocked takes a pod off the first round's list; s.mu is held.
+func (s *Store) scrapedLocked(key scrape.PodKey) {
+	if s.firstRound == nil {
+		return
+	}
+	delete(s.firstRound, key)
+	if len(s.firstRound) == 0 {
+		s.firstRound, s.roundDone = nil, true
+	}
 }
 
 // Observe records a successful scrape of a tracked pod.
@@ -116,8 +178,9 @@ func (s *Store) Observe(key scrape.PodKey, sample scrape.Sample) {
 	}
 	s.mu.Lock()
 	if p, ok := s.pods[key]; ok {
-		p.time, p.values, p.problems = sample.Time, values, problems
+		p.time, p.values, p.problems, p.hadValue = sample.Time, values, problems, true
 	}
+	s.scrapedLocked(key)
 	s.mu.Unlock()
 }
 
@@ -152,6 +215,7 @@ func (s *Store) Fail(key scrape.PodKey, failure scrape.Failure) {
 	if p, ok := s.pods[key]; ok {
 		p.time, p.values, p.problems = failure.Time, nil, nil
 	}
+	s.scrapedLocked(key)
 	s.mu.Unlock()
 }
 
@@ -163,11 +227,15 @@ func (s *Store) Lookup(_ context.Context, metric int, namespace string, pods []s
 	defer s.mu.RUnlock()
 	for i, name := range pods {
 		p, ok := s.pods[scrape.PodKey{Namespace: namespace, Name: name}]
-		if !ok || p.values == nil || p.time.Before(oldest) {
+		if !ok {
+			continue
+		}
+		out[i].HadValue = p.hadValue
+		if p.values == nil || p.time.Before(oldest) {
 			continue
 		}
 		if v := p.values[metric]; !math.IsNaN(v) {
-			out[i] = Point{Value: v, Time: p.time, OK: true}
+			out[i] = Point{Value: v, Time: p.time, OK: true, HadValue: true}
 		}
 	}
 	return out, nil

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -56,6 +57,10 @@ func TestAdapterServesConnectionsToTheHPA(t *testing.T) {
 
 	installAdapter(ctx, t, client, c.RESTConfig())
 	echoPod := installEcho(ctx, t, client)
+	// A pod with the Prometheus annotations but not the wsscale.io/scrape
+	// label: the adapter's default watch never sees it, so it is absent
+	// from every answer below.
+	installUnlabelledPod(ctx, t, client)
 
 	// Hold the connections on the one echo pod, dialled inside the node network.
 	loadCtx, stopLoad := context.WithCancel(ctx)
@@ -136,15 +141,62 @@ func TestAdapterServesConnectionsToTheHPA(t *testing.T) {
 	})
 }
 
-// checkOwnMetrics reads the adapter pod's /metrics inside the node network.
+// checkOwnMetrics reads the adapter pod's /metrics on its secure port inside
+// the node network: refused without credentials, served to the cluster admin
+// (delegated authentication of the client certificate, then authorization).
+// /readyz and /livez answer anyone, as the kubelet's probes need.
 func checkOwnMetrics(ctx context.Context, t *testing.T, c *localcluster.Cluster, client kubernetes.Interface) {
 	t.Helper()
 	pods, err := client.CoreV1().Pods(adapterNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + adapterName})
 	if err != nil || len(pods.Items) != 1 {
 		t.Fatalf("adapter pods: %v, %v", pods, err)
 	}
-	httpClient := &http.Client{Transport: &http.Transport{DialContext: c.DialContext}, Timeout: 10 * time.Second}
-	url := fmt.Sprintf("http://%s:8080/metrics", pods.Items[0].Status.PodIP)
+	// The node agent probed /readyz and /livez over HTTPS: the pod is
+	// Ready (else the APIService would have no endpoint) and never restarted.
+	for _, cs := range pods.Items[0].Status.ContainerStatuses {
+		if !cs.Ready || cs.RestartCount != 0 {
+			t.Errorf("adapter container %s: ready %v, %d restarts", cs.Name, cs.Ready, cs.RestartCount)
+		}
+	}
+	base := fmt.Sprintf("https://%s:6443", pods.Items[0].Status.PodIP)
+	anonymous := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: c.DialContext, TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, // self-signed serving cert
+	}}
+	adminCfg := c.RESTConfig()
+	adminCfg.Insecure, adminCfg.CAData, adminCfg.CAFile = true, nil, ""
+	adminCfg.Dial = c.DialContext
+	adminTransport, err := rest.TransportFor(adminCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := &http.Client{Timeout: 10 * time.Second, Transport: adminTransport}
+	get := func(hc *http.Client, path string) (int, string, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+		if err != nil {
+			return 0, "", err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body), err
+	}
+
+	code, body, err := get(anonymous, "/readyz?verbose")
+	if err != nil || code != http.StatusOK || !strings.Contains(body, "[+]informer-sync ok") || !strings.Contains(body, "[+]first-scrape-round ok") {
+		t.Errorf("anonymous GET /readyz?verbose: %d %v\n%s", code, err, body)
+	}
+	if code, body, err := get(anonymous, "/livez"); err != nil || code != http.StatusOK {
+		t.Errorf("anonymous GET /livez: %d %v\n%s", code, err, body)
+	}
+	if code, _, err := get(anonymous, "/metrics"); err != nil || (code != http.StatusUnauthorized && code != http.StatusForbidden) {
+		t.Errorf("anonymous GET /metrics: %d %v, want 401 or 403", code, err)
+	} else {
+		t.Logf("anonymous GET /metrics refused with %d", code)
+	}
+
 	want := []string{
 		"wsscale_adapter_pods_tracked 1\n",
 		`wsscale_adapter_pod_values{state="fresh"} 1` + "\n",
@@ -152,23 +204,19 @@ func checkOwnMetrics(ctx context.Context, t *testing.T, c *localcluster.Cluster,
 		`wsscale_adapter_scrape_errors_total{reason="timeout"} 0` + "\n",
 		`wsscale_adapter_api_request_duration_seconds_count{code="200",method="by_selector",resource="pods"} `,
 		`wsscale_adapter_api_request_duration_seconds_count{code="200",method="by_name",resource="deployments.apps"} `,
+		"go_goroutines ",
+		"apiserver_request_total{",
 	}
-	poll(ctx, t, "adapter's own metrics", 30*time.Second, func() (bool, string) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	poll(ctx, t, "adapter's own metrics on the secure port", 30*time.Second, func() (bool, string) {
+		code, body, err := get(admin, "/metrics")
 		if err != nil {
 			return false, err.Error()
 		}
-		resp, err := httpClient.Do(req)
-		if err != nil {
-			return false, err.Error()
-		}
-		defer resp.Body.Close()
-		body, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return false, err.Error()
+		if code != http.StatusOK {
+			return false, fmt.Sprintf("HTTP %d: %.200s", code, body)
 		}
 		for _, w := range want {
-			if !strings.Contains(string(body), w) {
+			if !strings.Contains(body, w) {
 				return false, "missing " + w
 			}
 		}
@@ -260,7 +308,7 @@ func statusCode(err error) int {
 
 func resourceQuantity(v int64) *resource.Quantity { return resource.NewQuantity(v, resource.DecimalSI) }
 
-func must[T any](t *testing.T, what string) func(T, error) T {
+func must[T any](t testing.TB, what string) func(T, error) T {
 	return func(v T, err error) T {
 		t.Helper()
 		if err != nil && !apierrors.IsAlreadyExists(err) {
@@ -313,12 +361,14 @@ func installAdapter(ctx context.Context, t *testing.T, client kubernetes.Interfa
 						Image: "wsscale/adapter:dev",
 						Args: []string{
 							"--secure-port=6443", "--cert-dir=/var/run/serving-cert",
-							"--scrape-interval=1s", "--metrics-bind-address=:8080",
+							"--scrape-interval=1s",
 							"--apiservice-service=" + adapterNamespace + "/" + adapterName, "--v=2",
 						},
-						Ports: []corev1.ContainerPort{{Name: "https", ContainerPort: 6443}, {Name: "metrics", ContainerPort: 8080}},
-						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(6443)}},
-							PeriodSeconds: 1},
+						Ports: []corev1.ContainerPort{{Name: "https", ContainerPort: 6443}},
+						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+							Path: "/readyz", Port: intstr.FromString("https"), Scheme: corev1.URISchemeHTTPS}}, PeriodSeconds: 1},
+						LivenessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+							Path: "/livez", Port: intstr.FromString("https"), Scheme: corev1.URISchemeHTTPS}}, PeriodSeconds: 5},
 						VolumeMounts: []corev1.VolumeMount{{Name: "serving-cert", MountPath: "/var/run/serving-cert"}},
 					}},
 					Volumes: []corev1.Volume{{Name: "serving-cert", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}},
@@ -376,7 +426,7 @@ func installAdapter(ctx context.Context, t *testing.T, client kubernetes.Interfa
 func installEcho(ctx context.Context, t *testing.T, client kubernetes.Interface) *corev1.Pod {
 	t.Helper()
 	must[*corev1.Namespace](t, "namespace")(client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: echoNamespace}}, metav1.CreateOptions{}))
-	labels := map[string]string{"app": "echo"}
+	labels := map[string]string{"app": "echo", "wsscale.io/scrape": "true"}
 	must[*appsv1.Deployment](t, "echo deployment")(client.AppsV1().Deployments(echoNamespace).Create(ctx, &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
 		Spec: appsv1.DeploymentSpec{
@@ -424,6 +474,39 @@ func installEcho(ctx context.Context, t *testing.T, client kubernetes.Interface)
 		return false, strings.Join(states, ", ")
 	})
 	return &pod
+}
+
+// installUnlabelledPod runs an echo pod annotated prometheus.io/scrape=true
+// without the wsscale.io/scrape label, and waits until it is ready.
+func installUnlabelledPod(ctx context.Context, t *testing.T, client kubernetes.Interface) {
+	t.Helper()
+	must[*corev1.Pod](t, "unlabelled pod")(client.CoreV1().Pods(echoNamespace).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "unlabelled", Labels: map[string]string{"app": "unlabelled"}, Annotations: map[string]string{
+			"prometheus.io/scrape": "true", "prometheus.io/port": "9090", "prometheus.io/path": "/metrics",
+		}},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To[int64](1),
+			Containers: []corev1.Container{{
+				Name: "echo", Image: "wsscale/echo:dev",
+				Env:   []corev1.EnvVar{{Name: "PORT", Value: "8080"}, {Name: "METRICS_PORT", Value: "9090"}},
+				Ports: []corev1.ContainerPort{{Name: "ws", ContainerPort: 8080}, {Name: "metrics", ContainerPort: 9090}},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("ws")}},
+					PeriodSeconds: 1},
+			}},
+		},
+	}, metav1.CreateOptions{}))
+	poll(ctx, t, "unlabelled pod ready", 2*time.Minute, func() (bool, string) {
+		p, err := client.CoreV1().Pods(echoNamespace).Get(ctx, "unlabelled", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+				return true, string(p.Status.Phase)
+			}
+		}
+		return false, string(p.Status.Phase)
+	})
 }
 
 func createHPA(ctx context.Context, t *testing.T, client kubernetes.Interface) {

@@ -11,10 +11,10 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	apimetrics "k8s.io/apiserver/pkg/endpoints/metrics"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
@@ -28,9 +28,12 @@ type Adapter struct {
 	cfg       *Config
 	informers *provider.Informers
 	scraper   *scrape.Scraper // nil with --source=prometheus
-	registry  *prometheus.Registry
-	dynamic   dynamic.Interface
-	owner     string // NAMESPACE/NAME of our Service, "" when unknown
+	store     *provider.Store // nil with --source=prometheus
+	// metrics gathers the adapter's own metrics and those of the generic
+	// API server (requests, Go runtime, process).
+	metrics prometheus.Gatherer
+	dynamic dynamic.Interface
+	owner   string // NAMESPACE/NAME of our Service, "" when unknown
 }
 
 // serviceAccountNamespaceFile holds the pod's namespace when in a cluster.
@@ -44,23 +47,23 @@ func (c *Config) Complete() (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := kubernetes.NewForConfig(restConfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
 	dyn, err := o.Base.DynamicClient()
 	if err != nil {
 		return nil, err
 	}
+	// The Go runtime and process collectors are in the generic API
+	// server's registry already; this one holds the adapter's own.
 	registry := prometheus.NewRegistry()
-	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	instruments, err := provider.NewInstruments(registry)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 
-	a := &Adapter{cfg: c, registry: registry, dynamic: dyn, owner: o.APIServiceOwner}
-	a.informers = provider.NewInformers(client, o.WatchNamespace, c.Selection)
+	a := &Adapter{cfg: c, dynamic: dyn, owner: o.APIServiceOwner,
+		metrics: prometheus.Gatherers{legacyregistry.DefaultGatherer, registry}}
+	if a.informers, err = provider.NewInformersForConfig(restConfig, o.WatchNamespace, c.Selection); err != nil {
+		return nil, err
+	}
 
 	var source provider.Source
 	var tracker *provider.PodTracker
@@ -82,7 +85,7 @@ func (c *Config) Complete() (*Adapter, error) {
 		if a.scraper, err = scrape.New(c.Scrape, store); err != nil {
 			return nil, err
 		}
-		source = store
+		source, a.store = store, store
 		tracker = provider.NewPodTracker(c.Selection, a.scraper, store)
 		if err := provider.RegisterPodGauges(registry, tracker, store); err != nil {
 			return nil, err
@@ -99,8 +102,19 @@ func (c *Config) Complete() (*Adapter, error) {
 		return nil, err
 	}
 	o.Base.WithCustomMetrics(prov)
-	if _, err := o.Base.Server(); err != nil {
+	// The generic API server would serve only its own registry on /metrics;
+	// ours is served there instead, behind the same delegated authentication
+	// and authorization as the API (a scraper needs RBAC for the non-resource
+	// URL /metrics).
+	o.Base.EnableMetrics = false
+	apimetrics.Register() // the request metrics the generic server would have registered
+	server, err := o.Base.Server()
+	if err != nil {
 		return nil, fmt.Errorf("custom metrics API server: %w", err)
+	}
+	server.GenericAPIServer.Handler.NonGoRestfulMux.Handle("/metrics", a.metricsHandler())
+	if err := server.GenericAPIServer.AddReadyzChecks(provider.ReadinessChecks(a.informers.HasSynced, a.store)...); err != nil {
+		return nil, fmt.Errorf("readiness checks: %w", err)
 	}
 	if a.owner == "" {
 		if ns, err := os.ReadFile(serviceAccountNamespaceFile); err == nil {
@@ -110,8 +124,21 @@ func (c *Config) Complete() (*Adapter, error) {
 	return a, nil
 }
 
-// Run serves until ctx is done: the adapter's own metrics, the informers,
-// the scraper once the caches are full, and the API.
+// metricsHandler serves the adapter's own metrics.
+func (a *Adapter) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(a.metrics, promhttp.HandlerOpts{ErrorLog: klogErrorLogger{}})
+}
+
+// klogErrorLogger logs the metrics handler's gathering errors.
+type klogErrorLogger struct{}
+
+func (klogErrorLogger) Println(v ...any) {
+	klog.ErrorS(errors.New(fmt.Sprint(v...)), "Gathering the adapter's own metrics")
+}
+
+// Run serves until ctx is done. The API server starts at once, so that
+// /livez answers and /readyz says what it waits for; the pod becomes ready
+// once the caches have synced and the first scrape round is done.
 func (a *Adapter) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -123,7 +150,7 @@ func (a *Adapter) Run(ctx context.Context) error {
 			return fmt.Errorf("listen on --metrics-bind-address %s: %w", addr, err)
 		}
 		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(a.registry, promhttp.HandlerOpts{}))
+		mux.Handle("/metrics", a.metricsHandler())
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			<-ctx.Done()
@@ -134,31 +161,45 @@ func (a *Adapter) Run(ctx context.Context) error {
 				errCh <- fmt.Errorf("metrics server: %w", err)
 			}
 		}()
-		klog.InfoS("Serving the adapter's own metrics", "address", lis.Addr().String())
+		klog.InfoS("Serving the adapter's own metrics without authentication", "address", lis.Addr().String())
+	}
+
+	// A server that fails to start (e.g. its port is taken) cancels ctx,
+	// which ends the wait for the caches; its error is the one returned.
+	serverErr := make(chan error, 1)
+	go func() {
+		serverErr <- a.cfg.Options.Base.Run(ctx)
+		cancel()
+	}()
+	stop := func(err error) error {
+		cancel()
+		if serr := <-serverErr; serr != nil {
+			return serr
+		}
+		return err
 	}
 
 	a.informers.Start(ctx)
 	defer a.informers.Shutdown()
 	if err := a.informers.WaitForSync(ctx); err != nil {
-		return err
+		// Only the end of ctx ends the wait: a signal (a clean stop) or
+		// the server's failure (its error).
+		return stop(nil)
 	}
 	klog.InfoS("Pod and ReplicaSet caches synced")
 	checkAPIServices(ctx, a.dynamic, a.owner)
 
 	if a.scraper != nil {
+		a.store.BeginFirstRound()
 		go func() {
 			if err := a.scraper.Run(ctx); err != nil {
 				errCh <- fmt.Errorf("scraper: %w", err)
 			}
 		}()
 	}
-	serverErr := make(chan error, 1)
-	go func() { serverErr <- a.cfg.Options.Base.Run(ctx) }()
 	select {
 	case err := <-errCh:
-		cancel()
-		<-serverErr
-		return err
+		return stop(err)
 	case err := <-serverErr:
 		return err
 	}

@@ -18,7 +18,7 @@ func NewAdapterCommand(ctx context.Context) *cobra.Command {
 		Use:   "adapter",
 		Short: "Custom metrics API server serving the WebSocket connection counts of pods",
 		Long: `adapter serves custom.metrics.k8s.io (v1beta2 and v1beta1) through the Kubernetes API
-aggregation layer. By default it tracks the running pods annotated prometheus.io/scrape="true",
+aggregation layer. By default it tracks the running pods labelled wsscale.io/scrape="true",
 scrapes websocket_connections_active from their prometheus.io/port and prometheus.io/path every
 5s, and serves it as websocket_connections for pods and, summed, for their Deployments.
 A pod without a fresh value is left out of every answer, never reported as 0.`,

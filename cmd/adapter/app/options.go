@@ -56,8 +56,8 @@ type Options struct {
 	APIServiceOwner    string
 }
 
-// NewOptions returns the defaults: scrape pods annotated
-// prometheus.io/scrape=true every 5s and serve websocket_connections.
+// NewOptions returns the defaults: scrape the running pods labelled
+// wsscale.io/scrape=true every 5s and serve websocket_connections.
 func NewOptions() *Options {
 	return &Options{
 		Base:                     &basecmd.AdapterBase{Name: "wsscale-adapter"},
@@ -66,12 +66,11 @@ func NewOptions() *Options {
 		ScrapeInterval:           scrape.DefaultInterval,
 		ScrapeConcurrency:        scrape.DefaultConcurrency,
 		MaxBodyBytes:             scrape.DefaultMaxBodyBytes,
-		RequireScrapeAnnotation:  true,
+		PodSelector:              provider.DefaultPodSelector,
 		MetricsPortName:          provider.DefaultMetricsPortName,
 		PrometheusTimeout:        5 * time.Second,
 		PrometheusNamespaceLabel: "namespace",
 		PrometheusPodLabel:       "pod",
-		MetricsBindAddress:       ":8080",
 	}
 }
 
@@ -88,8 +87,8 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&o.ScrapeConcurrency, "scrape-concurrency", o.ScrapeConcurrency, "Scrapes in flight at most.")
 	fs.Int64Var(&o.MaxBodyBytes, "scrape-max-body-bytes", o.MaxBodyBytes, "Largest metrics response accepted; a larger one fails the scrape.")
 	fs.BoolVar(&o.DisableKeepAlives, "scrape-disable-keep-alives", o.DisableKeepAlives, "Open a connection per scrape instead of keeping one per pod (less memory, more CPU).")
-	fs.StringVar(&o.PodSelector, "pod-selector", o.PodSelector, "Label selector of the pods to track, e.g. 'app=echo' or 'tier in (ws,edge)'; applied by the API server to the watch.")
-	fs.BoolVar(&o.RequireScrapeAnnotation, "require-scrape-annotation", o.RequireScrapeAnnotation, "Track only pods annotated prometheus.io/scrape=\"true\" (not with --source=prometheus: Prometheus decides what it scrapes).")
+	fs.StringVar(&o.PodSelector, "pod-selector", o.PodSelector, "Label selector of the pods to track, e.g. 'app=echo' or 'tier in (ws,edge)'; applied by the API server to the watch. Empty tracks every running pod (with --require-scrape-annotation: every pod annotated prometheus.io/scrape=\"true\").")
+	fs.BoolVar(&o.RequireScrapeAnnotation, "require-scrape-annotation", o.RequireScrapeAnnotation, "Also require the annotation prometheus.io/scrape=\"true\" (checked by the adapter, not the API server: every pod the selector matches is still watched; ignored with --source=prometheus, where Prometheus decides what it scrapes).")
 	fs.StringVar(&o.MetricsPortName, "metrics-port-name", o.MetricsPortName, "Container port scraped when a pod has no prometheus.io/port annotation.")
 	fs.StringVar(&o.WatchNamespace, "watch-namespace", o.WatchNamespace, "Track pods of this namespace only (default: all namespaces).")
 	fs.StringVar(&o.MetricsConfigFile, "metrics-config", o.MetricsConfigFile, "YAML file mapping served metrics to scraped series (default: websocket_connections and websocket_connections_utilization).")
@@ -97,7 +96,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.PrometheusTimeout, "prometheus-timeout", o.PrometheusTimeout, "Time allowed for one Prometheus query.")
 	fs.StringVar(&o.PrometheusNamespaceLabel, "prometheus-namespace-label", o.PrometheusNamespaceLabel, "Series label holding the pod's namespace, with --source=prometheus.")
 	fs.StringVar(&o.PrometheusPodLabel, "prometheus-pod-label", o.PrometheusPodLabel, "Series label holding the pod's name, with --source=prometheus.")
-	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the adapter's own Prometheus metrics (plain HTTP /metrics); \"0\" disables them.")
+	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Also serve the adapter's own metrics on this address as plain, unauthenticated HTTP /metrics, e.g. :8080 (default: off; they are always on the secure port's /metrics, behind delegated authentication and authorization).")
 	fs.StringVar(&o.APIServiceOwner, "apiservice-service", o.APIServiceOwner, "NAMESPACE/NAME of the Service that fronts this adapter, to warn at start when the custom.metrics.k8s.io APIService points elsewhere (default: wsscale-adapter in the pod's namespace).")
 }
 

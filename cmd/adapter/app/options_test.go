@@ -35,11 +35,14 @@ func TestDefaults(t *testing.T) {
 	if cfg.Scrape.Timeout != 3*time.Second || cfg.Scrape.Interval != 5*time.Second {
 		t.Errorf("scrape config %+v", cfg.Scrape)
 	}
-	if cfg.StaleAfter != 10*time.Second || !cfg.Selection.RequireAnnotation || !cfg.Selection.Selector.Empty() {
+	if cfg.StaleAfter != 10*time.Second || cfg.Selection.RequireAnnotation || cfg.Selection.Selector.String() != "wsscale.io/scrape=true" {
 		t.Errorf("config %+v, selection %+v", cfg, cfg.Selection)
 	}
 	if len(cfg.Metrics) != 2 || cfg.Metrics[0].Name != "websocket_connections" || cfg.Scrape.Series[0].Name != "websocket_connections_active" {
 		t.Errorf("metrics %+v, series %+v", cfg.Metrics, cfg.Scrape.Series)
+	}
+	if o.MetricsBindAddress != "" {
+		t.Errorf("own metrics on plain HTTP at %q by default; they belong on the secure port only", o.MetricsBindAddress)
 	}
 	if o.Base.SecureServing == nil || o.Base.Authentication == nil || o.Base.Authorization == nil {
 		t.Error("serving, authentication and authorization options missing")
