@@ -50,7 +50,7 @@ func TestFit(t *testing.T) {
 			ledger: []v1alpha1.LedgerEntry{entry(50*time.Second, 1, false)}, want: 0, retryAt: t0.Add(10 * time.Second)},
 		{name: "retry when enough has left the window", cands: cands(50), max: 1, budget: budget(100, time.Minute),
 			ledger: []v1alpha1.LedgerEntry{entry(50*time.Second, 40, false), entry(40*time.Second, 40, false), entry(10*time.Second, 40, false)},
-			want: 0, retryAt: t0.Add(20 * time.Second)},
+			want:   0, retryAt: t0.Add(20 * time.Second)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

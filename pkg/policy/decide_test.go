@@ -36,7 +36,12 @@ func TestDecide(t *testing.T) {
 	}{
 		{
 			name: "spec.replicas is seeded once from the Deployment",
-			in:   func() Input { in := input(0, 4, six()[:4]...); in.Spec.Replicas = nil; in.Status.AppliedReplicas = nil; return in }(),
+			in: func() Input {
+				in := input(0, 4, six()[:4]...)
+				in.Spec.Replicas = nil
+				in.Status.AppliedReplicas = nil
+				return in
+			}(),
 			check: func(t *testing.T, d Decision) {
 				if d.SeedReplicas == nil || *d.SeedReplicas != 4 || *d.Status.AppliedReplicas != 4 || d.Apply != nil {
 					t.Errorf("seed %v applied %v apply %v", d.SeedReplicas, d.Status.AppliedReplicas, d.Apply)
@@ -97,7 +102,11 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "plan: a step takes at most maxVictimsPerStep and never more than the scale-down",
-			in:   func() Input { in := input(4, 6, six()...); in.Spec.ScaleDown.MaxVictimsPerStep = ptr.To[int32](5); return in }(),
+			in: func() Input {
+				in := input(4, 6, six()...)
+				in.Spec.ScaleDown.MaxVictimsPerStep = ptr.To[int32](5)
+				return in
+			}(),
 			check: func(t *testing.T, d Decision) {
 				if !reflect.DeepEqual(names(d.Mark), []string{"p0-young", "p0-old"}) || d.Status.Step.To != 4 {
 					t.Errorf("mark %v step %+v", names(d.Mark), d.Status.Step)
@@ -185,7 +194,12 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "a kind other than Deployment is refused",
-			in:   func() Input { in := input(2, 3); in.Target.Supported = false; in.Spec.TargetRef.Kind = "StatefulSet"; return in }(),
+			in: func() Input {
+				in := input(2, 3)
+				in.Target.Supported = false
+				in.Spec.TargetRef.Kind = "StatefulSet"
+				return in
+			}(),
 			check: func(t *testing.T, d Decision) {
 				if cond(d.Status, v1alpha1.ConditionReady) != "False/Unsupported" || d.Apply != nil {
 					t.Errorf("ready %s", cond(d.Status, v1alpha1.ConditionReady))
@@ -410,7 +424,11 @@ func TestDecide(t *testing.T) {
 		},
 		{
 			name: "verify: waits while the ReplicaSet has not removed the victim",
-			in:   func() Input { in := committed(readyToCommit()); in.Pods = append(in.Pods, pod("extra", 0, time.Hour)); return in }(),
+			in: func() Input {
+				in := committed(readyToCommit())
+				in.Pods = append(in.Pods, pod("extra", 0, time.Hour))
+				return in
+			}(),
 			check: func(t *testing.T, d Decision) {
 				if d.Status.Step == nil || d.RequeueAfter != PollWhileDraining || len(d.Events) != 0 {
 					t.Errorf("step %+v requeue %v events %v", d.Status.Step, d.RequeueAfter, reasons(d.Events))
