@@ -31,7 +31,9 @@ const (
 // Selector is the ScaleGuard's status.selector for a target selector: the target's pods without
 // the draining victims, so that the HPA's average ignores pods that are emptying.
 func Selector(target string) string {
-	drain := v1alpha1.DrainLabel + "!=" + v1alpha1.DrainLabelValue
+	// notin, not !=: the scale client converts the string with metav1.ParseToLabelSelector,
+	// which refuses !=, and the HPA and kubectl scale would fail on the Scale.
+	drain := v1alpha1.DrainLabel + " notin (" + v1alpha1.DrainLabelValue + ")"
 	if target == "" {
 		return drain
 	}

@@ -56,7 +56,7 @@ func TestDecide(t *testing.T) {
 					t.Errorf("decision %+v", d)
 				}
 				if cond(d.Status, v1alpha1.ConditionReady) != "True/AsExpected" || d.Status.Replicas != 3 ||
-					d.Status.Selector != "app=echo,wsscale.io/drain!=true" || d.Status.ObservedGeneration != 1 {
+					d.Status.Selector != "app=echo,wsscale.io/drain notin (true)" || d.Status.ObservedGeneration != 1 {
 					t.Errorf("status %+v", d.Status)
 				}
 			},

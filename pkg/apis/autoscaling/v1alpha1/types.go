@@ -182,8 +182,9 @@ type ScaleGuardStatus struct {
 	// +optional
 	Replicas int32 `json:"replicas"`
 
-	// selector is the target's label selector, in string form, excluding draining victims, so
-	// that the HPA's average is not pulled down by pods that are emptying.
+	// selector is the target's label selector, in string form, excluding draining victims
+	// (`wsscale.io/drain notin (true)`), so that the HPA's average is not pulled down by pods
+	// that are emptying.
 	// +optional
 	Selector string `json:"selector,omitempty"`
 
