@@ -147,7 +147,7 @@ func newSeriesPlan(metrics []Metric) seriesPlan {
 		return len(p.series) - 1
 	}
 	for i, m := range metrics {
-		p.numerator[i] = add(m.Series, false)
+		p.numerator[i] = add(m.Series, m.Series.Optional) // optional only when the series says so
 		p.divisor[i] = -1
 	}
 	for i, m := range metrics {

@@ -31,6 +31,7 @@ type Adapter struct {
 	registry  *prometheus.Registry
 	dynamic   dynamic.Interface
 	owner     string // NAMESPACE/NAME of our Service, "" when unknown
+	guard     *guard // nil with --scale-guard=false
 }
 
 // serviceAccountNamespaceFile holds the pod's namespace when in a cluster.
@@ -98,6 +99,15 @@ func (c *Config) Complete() (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Guard.Enabled {
+		pm, err := newSourceMetrics(source, c.Selection, c.Metrics)
+		if err != nil {
+			return nil, err
+		}
+		if a.guard, err = newGuard(o.Guard, restConfig, o.WatchNamespace, pm); err != nil {
+			return nil, err
+		}
+	}
 	o.Base.WithCustomMetrics(prov)
 	if _, err := o.Base.Server(); err != nil {
 		return nil, fmt.Errorf("custom metrics API server: %w", err)
@@ -115,7 +125,7 @@ func (c *Config) Complete() (*Adapter, error) {
 func (a *Adapter) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errCh := make(chan error, 2)
+	errCh := make(chan error, 3)
 
 	if addr := a.cfg.Options.MetricsBindAddress; addr != "" && addr != "0" {
 		lis, err := net.Listen("tcp", addr)
@@ -149,6 +159,13 @@ func (a *Adapter) Run(ctx context.Context) error {
 		go func() {
 			if err := a.scraper.Run(ctx); err != nil {
 				errCh <- fmt.Errorf("scraper: %w", err)
+			}
+		}()
+	}
+	if a.guard != nil {
+		go func() {
+			if err := a.guard.Run(ctx); err != nil {
+				errCh <- fmt.Errorf("scaleguard controller: %w", err)
 			}
 		}()
 	}

@@ -53,6 +53,9 @@ type Options struct {
 
 	MetricsBindAddress string
 	APIServiceOwner    string
+
+	// Guard are the ScaleGuard controller's flags.
+	Guard *GuardOptions
 }
 
 // NewOptions returns the defaults: scrape pods annotated
@@ -71,6 +74,7 @@ func NewOptions() *Options {
 		PrometheusNamespaceLabel: "namespace",
 		PrometheusPodLabel:       "pod",
 		MetricsBindAddress:       ":8080",
+		Guard:                    NewGuardOptions(),
 	}
 }
 
@@ -97,6 +101,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.PrometheusNamespaceLabel, "prometheus-namespace-label", o.PrometheusNamespaceLabel, "Series label holding the pod's namespace, with --source=prometheus.")
 	fs.StringVar(&o.PrometheusPodLabel, "prometheus-pod-label", o.PrometheusPodLabel, "Series label holding the pod's name, with --source=prometheus.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the adapter's own Prometheus metrics (plain HTTP /metrics); \"0\" disables them.")
+	o.Guard.AddFlags(fs)
 	fs.StringVar(&o.APIServiceOwner, "apiservice-service", o.APIServiceOwner, "NAMESPACE/NAME of the Service that fronts this adapter, to warn at start when the custom.metrics.k8s.io APIService points elsewhere (default: wsscale-adapter in the pod's namespace).")
 }
 
@@ -183,6 +188,7 @@ func (o *Options) Validate() []error {
 			errs = append(errs, fmt.Errorf("--apiservice-service must be NAMESPACE/NAME, got %q", o.APIServiceOwner))
 		}
 	}
+	errs = append(errs, o.Guard.Validate()...)
 	if err := logsapi.Validate(o.Logs, nil, nil).ToAggregate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -224,6 +230,7 @@ func (o *Options) Config() (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	metrics = withGuardMetrics(o.Guard, metrics)
 	sel, err := labels.Parse(o.PodSelector)
 	if err != nil {
 		return nil, err
