@@ -242,7 +242,8 @@ func drain(in Input, d *Decision) {
 //
 // A step commits only when every victim is marked, shows Ready=False and its deletion cost in the
 // cache, and was seen draining and empty (at most emptyThreshold connections) by a scrape that
-// started after the mark, or the deadline passed with onTimeout Proceed and a fresh value; every
+// started after the mark; or, once the deadline passed with onTimeout Proceed, when every victim
+// is marked and has a fresh value from a scrape after the mark, ready or not; and every
 // other pod of the target is Running and Ready and none is Pending or terminating; and no
 // rollout is in progress.
 func CommitCheck(in Input) (waits []string, blocker *Blocker) {
@@ -267,7 +268,9 @@ func CommitCheck(in Input) (waits []string, blocker *Blocker) {
 		if !p.Marked || !p.CostVisible {
 			waits = append(waits, v.Name+" is not marked yet")
 		}
-		if p.Ready {
+		// Past the deadline with Proceed the step goes even if the server ignored the label:
+		// that is what Proceed asks for, and its clients are already reserved.
+		if p.Ready && !proceed {
 			waits = append(waits, v.Name+" is still Ready")
 		}
 		m := p.Metrics

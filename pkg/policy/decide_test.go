@@ -289,6 +289,21 @@ func TestDecide(t *testing.T) {
 			},
 		},
 		{
+			name: "drain: past the deadline with Proceed, a server that ignores the label (still Ready, not draining) goes",
+			in: func() Input {
+				in := readyToCommit()
+				in.Now = t0.Add(10 * time.Minute)
+				in.Pods[0].Ready = true
+				in.Pods[0].Metrics = &Metrics{Connections: 4, ScrapeStart: in.Now.Add(-time.Second)}
+				return in
+			}(),
+			check: func(t *testing.T, d Decision) {
+				if d.Apply == nil || *d.Apply != 2 {
+					t.Errorf("apply %v, want the step committed at the deadline", d.Apply)
+				}
+			},
+		},
+		{
 			name: "drain: the deadline passed with onTimeout Hold keeps the victim draining",
 			in: func() Input {
 				in := readyToCommit()
