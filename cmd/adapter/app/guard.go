@@ -19,6 +19,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -166,6 +167,8 @@ type guard struct {
 // ReplicaSets and pods, leader election on a Lease, and controller-runtime's metrics and probe
 // servers off (the adapter serves its own).
 func newGuard(o *GuardOptions, restConfig *rest.Config, namespace string, pm controller.PodMetrics) (*guard, error) {
+	// controller-runtime logs through klog like the rest of the adapter.
+	ctrllog.SetLogger(klog.NewKlogr())
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, err
