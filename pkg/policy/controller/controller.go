@@ -33,6 +33,16 @@ import (
 	"github.com/wsscale/wsscale/pkg/policy"
 )
 
+// The ClusterRole the controller needs, generated into config/rbac/role.yaml (make update-crds).
+// +kubebuilder:rbac:groups=autoscaling.wsscale.io,resources=scaleguards,verbs=get;list;watch;update
+// +kubebuilder:rbac:groups=autoscaling.wsscale.io,resources=scaleguards/status,verbs=get;update
+// +kubebuilder:rbac:groups=autoscaling.wsscale.io,resources=scaleguards/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=apps,resources=replicasets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;create;update
+
 // FieldManager owns the target's spec.replicas: the guard applies it under this name.
 const FieldManager = "wsscale-scaleguard"
 
