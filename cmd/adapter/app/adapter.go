@@ -104,7 +104,7 @@ func (c *Config) Complete() (*Adapter, error) {
 		if err != nil {
 			return nil, err
 		}
-		if a.guard, err = newGuard(o.Guard, restConfig, o.WatchNamespace, pm); err != nil {
+		if a.guard, err = newGuard(o.Guard, restConfig, o.WatchNamespace, pm, registry); err != nil {
 			return nil, err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -166,7 +167,11 @@ type guard struct {
 // newGuard builds the controller's manager: its own cache of ScaleGuards, Deployments,
 // ReplicaSets and pods, leader election on a Lease, and controller-runtime's metrics and probe
 // servers off (the adapter serves its own).
-func newGuard(o *GuardOptions, restConfig *rest.Config, namespace string, pm controller.PodMetrics) (*guard, error) {
+func newGuard(o *GuardOptions, restConfig *rest.Config, namespace string, pm controller.PodMetrics, reg prometheus.Registerer) (*guard, error) {
+	instruments, err := controller.NewInstruments(reg)
+	if err != nil {
+		return nil, fmt.Errorf("register scaleguard metrics: %w", err)
+	}
 	// controller-runtime logs through klog like the rest of the adapter.
 	ctrllog.SetLogger(klog.NewKlogr())
 	scheme := runtime.NewScheme()
@@ -206,7 +211,7 @@ func newGuard(o *GuardOptions, restConfig *rest.Config, namespace string, pm con
 	}
 	r := &controller.Reconciler{
 		Client: mgr.GetClient(), APIReader: mgr.GetAPIReader(), Metrics: pm,
-		Recorder: mgr.GetEventRecorder(controller.FieldManager), Clock: clock.RealClock{},
+		Recorder: mgr.GetEventRecorder(controller.FieldManager), Clock: clock.RealClock{}, Instruments: instruments,
 	}
 	if err := r.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("scaleguard controller: %w", err)

@@ -63,6 +63,8 @@ type Reconciler struct {
 	Recorder events.EventRecorder
 	// Clock is injected for tests.
 	Clock clock.PassiveClock
+	// Instruments record the controller's metrics; nil records none.
+	Instruments *Instruments
 }
 
 var _ reconcile.Reconciler = (*Reconciler)(nil)
@@ -129,7 +131,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		}
 	}
 	d := policy.Decide(in)
-	return r.carryOut(ctx, &g, deploy, d)
+	old := *g.Status.DeepCopy()
+	res, err := r.carryOut(ctx, &g, deploy, d)
+	if err == nil {
+		r.Instruments.observe(&g, old, d, in.Now)
+	}
+	return res, err
 }
 
 // carryOut writes a decision: seed, status, un-mark, mark, apply, events. The status goes first
@@ -248,6 +255,7 @@ func (r *Reconciler) finalize(ctx context.Context, g *v1alpha1.ScaleGuard) error
 	if err := r.Client.Update(ctx, g); err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("remove finalizer of %s: %w", klog.KObj(g), err)
 	}
+	r.Instruments.forget(g)
 	return nil
 }
 

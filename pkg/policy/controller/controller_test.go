@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -45,6 +47,7 @@ func (f *fakeMetrics) Lookup(_ context.Context, _ string, pods []string) ([]*pol
 }
 
 type fixture struct {
+	registry *prometheus.Registry
 	client   client.Client
 	metrics  *fakeMetrics
 	recorder *events.FakeRecorder
@@ -110,7 +113,12 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.ScaleGuard{}).WithObjects(objs...).Build()
 	f := &fixture{client: c, metrics: &fakeMetrics{values: map[string]*policy.Metrics{}}, recorder: events.NewFakeRecorder(100),
 		clock: testingclock.NewFakeClock(t0)}
-	f.r = &Reconciler{Client: c, APIReader: c, Metrics: f.metrics, Recorder: f.recorder, Clock: f.clock}
+	f.registry = prometheus.NewRegistry()
+	inst, err := NewInstruments(f.registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.r = &Reconciler{Client: c, APIReader: c, Metrics: f.metrics, Recorder: f.recorder, Clock: f.clock, Instruments: inst}
 	return f
 }
 
@@ -226,6 +234,47 @@ func TestReconcileScaleDownStep(t *testing.T) {
 	f.reconcile(t)
 	if g = f.guard(t); g.Status.Step != nil || len(g.Status.Ledger) != 1 || g.Status.Ledger[0].Open || g.Status.State != v1alpha1.StateSteady {
 		t.Errorf("status after the victim went %+v", g.Status)
+	}
+
+	// The step's metrics: one victim, one complete step, the 2 connections it held at the mark.
+	want := `
+# HELP wsscale_guard_blocked 1 while a scale-down waits, labelled with the reason (ScaleDownBlocked condition).
+# TYPE wsscale_guard_blocked gauge
+# HELP wsscale_guard_budget_used Disconnects counted against the disconnect budget in its current window.
+# TYPE wsscale_guard_budget_used gauge
+wsscale_guard_budget_used{namespace="demo",scaleguard="g"} 2
+# HELP wsscale_guard_connections_disconnected_total Client connections that ended scale-down steps disconnected, as recorded in the ledger.
+# TYPE wsscale_guard_connections_disconnected_total counter
+wsscale_guard_connections_disconnected_total{namespace="demo",scaleguard="g"} 2
+# HELP wsscale_guard_steps_total Scale-down steps ended, by outcome.
+# TYPE wsscale_guard_steps_total counter
+wsscale_guard_steps_total{namespace="demo",outcome="complete",scaleguard="g"} 1
+# HELP wsscale_guard_victims_total Pods marked as victims of scale-down steps.
+# TYPE wsscale_guard_victims_total counter
+wsscale_guard_victims_total{namespace="demo",scaleguard="g"} 1
+`
+	if err := testutil.GatherAndCompare(f.registry, strings.NewReader(want)); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestInstrumentsBlockedByReason(t *testing.T) {
+	g := guard(ptr.To[int32](1))
+	g.Spec.Paused = true
+	f := newFixture(t, g, deployment(2), replicaSet(), servingPod("a", time.Hour), servingPod("b", time.Hour))
+	f.metrics.values = map[string]*policy.Metrics{"a": {ScrapeStart: t0}, "b": {ScrapeStart: t0}}
+	f.reconcile(t)
+	if got := testutil.ToFloat64(f.r.Instruments.blocked.WithLabelValues(ns, "g", v1alpha1.ReasonPaused)); got != 1 {
+		t.Errorf("wsscale_guard_blocked{reason=Paused} = %v, want 1", got)
+	}
+	live := f.guard(t)
+	live.Spec.Paused = false
+	if err := f.client.Update(context.Background(), live); err != nil {
+		t.Fatal(err)
+	}
+	f.reconcile(t)
+	if n := testutil.CollectAndCount(f.r.Instruments.blocked); n != 0 {
+		t.Errorf("%d wsscale_guard_blocked series once nothing blocks, want 0", n)
 	}
 }
 
