@@ -79,8 +79,9 @@ func Decide(in Input) (d Decision) {
 	if live != *st.AppliedReplicas {
 		step := st.Step
 		switch {
-		case step != nil && step.CommitTime == nil && live == max(step.To, desired):
-			// The guard's own commit whose status write was lost (a restart between the two).
+		case step != nil && step.CommitTime == nil && live == step.To && step.To < step.From && desired <= step.To:
+			// The guard's own commit whose status write was lost (a restart between the two): a
+			// commit applies exactly the step's target, and only while the spec is not above it.
 			landed = true
 		case live == desired:
 			// Someone set what the guard wanted anyway: nothing to fight over.

@@ -404,6 +404,22 @@ func TestDecide(t *testing.T) {
 			},
 		},
 		{
+			name: "a foreign scale-up adopted during a drain releases the victims; it is not the guard's own commit",
+			in: func() Input {
+				in := readyToCommit()
+				in.Pods[0].Metrics.Draining, in.Pods[0].Metrics.Connections = false, 5
+				in.Pods = append(in.Pods, pod("new", 0, time.Minute))
+				in.Target.Replicas, in.Target.StatusReplicas, in.Target.UpdatedReplicas = 4, 4, 4
+				in.Spec.Replicas = ptr.To[int32](4)
+				return in
+			}(),
+			check: func(t *testing.T, d Decision) {
+				if d.Status.Step != nil || !reflect.DeepEqual(names(d.Unmark), []string{"p0"}) || d.Apply != nil || *d.Status.AppliedReplicas != 4 {
+					t.Errorf("step %+v unmark %v apply %v applied %v", d.Status.Step, names(d.Unmark), d.Apply, *d.Status.AppliedReplicas)
+				}
+			},
+		},
+		{
 			name: "verify: the victim is going, the step closes with what it disconnected",
 			in: func() Input {
 				in := committed(readyToCommit())
