@@ -16,6 +16,10 @@ import (
 // without any API event to wake the controller.
 const PollWhileDraining = 2 * time.Second
 
+// PollWhileBlocked is how often a blocked scale-down is looked at again: a missing value comes
+// back, or a pod becomes scraped, without any API event.
+const PollWhileBlocked = 5 * time.Second
+
 // Event reasons, besides the blocked reasons of the API.
 const (
 	EventSeeded          = "Seeded"
@@ -498,6 +502,9 @@ func block(in Input, d *Decision, b Blocker) {
 		d.Events = append(d.Events, Event{corev1.EventTypeNormal, b.Reason, "scale-down waits: " + b.Message})
 	}
 	setCond(in, st, v1alpha1.ConditionScaleDownBlocked, metav1.ConditionTrue, b.Reason, b.Message)
+	if d.RequeueAfter == 0 {
+		d.RequeueAfter = PollWhileBlocked
+	}
 }
 
 // notReady records that the guard cannot control its target at all; nothing is written to the

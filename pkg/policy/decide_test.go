@@ -169,6 +169,10 @@ func TestDecide(t *testing.T) {
 				if d.Status.Step != nil || cond(d.Status, v1alpha1.ConditionScaleDownBlocked) != "True/MetricsUnavailable" {
 					t.Errorf("step %+v blocked %s", d.Status.Step, cond(d.Status, v1alpha1.ConditionScaleDownBlocked))
 				}
+				// Values change without any API event: the block is looked at again.
+				if d.RequeueAfter != PollWhileBlocked {
+					t.Errorf("requeue after %v, want %v", d.RequeueAfter, PollWhileBlocked)
+				}
 			},
 		},
 		{
