@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/klog/v2"
@@ -52,8 +52,8 @@ func (f *fixedConnections) Lookup(_ context.Context, _ string, pods []string) ([
 }
 
 // TestScaleGuardScalesDownTheLeastConnected runs the ScaleGuard controller against the real
-// API server, ReplicaSet controller and node agent: `kubectl scale` on the guard takes a
-// Deployment of four pods to two, one step at a time, and the pods removed are exactly the
+// API server, HPA controller, ReplicaSet controller and node agent: an HPA targeting the guard
+// takes a Deployment of four pods to two, one step at a time, and the pods removed are exactly the
 // victims the guard marked, the least connected. The echo servers here do not follow the drain
 // label, so each step goes at its (short) deadline with onTimeout Proceed.
 func TestScaleGuardScalesDownTheLeastConnected(t *testing.T) {
@@ -145,9 +145,25 @@ func TestScaleGuardScalesDownTheLeastConnected(t *testing.T) {
 		return g.Spec.Replicas != nil && *g.Spec.Replicas == 4 && g.Status.Replicas == 4, fmt.Sprintf("spec %v status %+v", g.Spec.Replicas, g.Status)
 	})
 
-	// What the HPA does through /scale.
-	if _, err := guards.Patch(ctx, "echo", types.MergePatchType, []byte(`{"spec":{"replicas":2}}`), metav1.PatchOptions{}, "scale"); err != nil {
-		t.Fatalf("scale the guard: %v", err)
+	// The real HPA controller targets the guard: its replicas (4) are above maxReplicas, so the
+	// HPA writes 2 through the guard's /scale, whatever the metrics.
+	if _, err := client.AutoscalingV2().HorizontalPodAutoscalers(ns).Create(ctx, &autoscalingv2.HorizontalPodAutoscaler{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
+			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{
+				APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard", Name: "echo"},
+			MinReplicas: ptr.To[int32](1),
+			MaxReplicas: 2,
+			Metrics: []autoscalingv2.MetricSpec{{
+				Type: autoscalingv2.PodsMetricSourceType,
+				Pods: &autoscalingv2.PodsMetricSource{
+					Metric: autoscalingv2.MetricIdentifier{Name: "websocket_connections"},
+					Target: autoscalingv2.MetricTarget{Type: autoscalingv2.AverageValueMetricType, AverageValue: resourceQuantity(300)},
+				},
+			}},
+		},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Watch every pod that goes: each must have been marked by the guard before it went.
@@ -208,6 +224,29 @@ func TestScaleGuardScalesDownTheLeastConnected(t *testing.T) {
 		if seen[reason] == 0 {
 			t.Errorf("no %s Event; saw %v", reason, seen)
 		}
+	}
+
+	// In range, the HPA reads the guard's scale and parses its selector (draining pods excluded)
+	// before it asks for metrics: it must never call the selector invalid.
+	waitFor(ctx, t, time.Minute, func() (bool, string) {
+		hpa, err := client.AutoscalingV2().HorizontalPodAutoscalers(ns).Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var states []string
+		able, active := false, false
+		for _, c := range hpa.Status.Conditions {
+			states = append(states, fmt.Sprintf("%s=%s (%s: %s)", c.Type, c.Status, c.Reason, c.Message))
+			if c.Reason == "InvalidSelector" || c.Reason == "FailedGetScale" {
+				t.Fatalf("the HPA refuses the ScaleGuard: %v", states)
+			}
+			able = able || (c.Type == autoscalingv2.AbleToScale && c.Status == corev1.ConditionTrue)
+			active = active || c.Type == autoscalingv2.ScalingActive
+		}
+		return able && active && hpa.Status.CurrentReplicas == 2 && hpa.Status.DesiredReplicas <= 2, fmt.Sprintf("HPA %d/%d: %v", hpa.Status.CurrentReplicas, hpa.Status.DesiredReplicas, states)
+	})
+	if err := client.AutoscalingV2().HorizontalPodAutoscalers(ns).Delete(ctx, "echo", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Deleting the guard leaves the Deployment at its size; the finalizer lets it go.
