@@ -322,3 +322,34 @@ func TestSweepReleasesPodsOfMissingGuards(t *testing.T) {
 		t.Errorf("a live guard's victim was swept")
 	}
 }
+
+func TestReconcileTargets(t *testing.T) {
+	tests := []struct {
+		name string
+		ref  v1alpha1.TargetRef
+		want string
+	}{
+		{name: "a StatefulSet is refused", ref: v1alpha1.TargetRef{APIVersion: "apps/v1", Kind: "StatefulSet", Name: "echo"}, want: "False/Unsupported"},
+		{name: "another API version of Deployment is refused", ref: v1alpha1.TargetRef{APIVersion: "apps/v1beta2", Kind: "Deployment", Name: "echo"}, want: "False/Unsupported"},
+		{name: "a missing Deployment", ref: v1alpha1.TargetRef{APIVersion: "apps/v1", Kind: "Deployment", Name: "nope"}, want: "False/TargetNotFound"},
+		{name: "the Deployment", ref: v1alpha1.TargetRef{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"}, want: "True/AsExpected"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := guard(ptr.To[int32](2))
+			g.Spec.TargetRef = tt.ref
+			f := newFixture(t, g, deployment(2), replicaSet(), servingPod("a", time.Hour), servingPod("b", time.Hour))
+			f.metrics.values = map[string]*policy.Metrics{"a": {ScrapeStart: t0}, "b": {ScrapeStart: t0}}
+			f.reconcile(t)
+			got := "absent"
+			for _, c := range f.guard(t).Status.Conditions {
+				if c.Type == v1alpha1.ConditionReady {
+					got = string(c.Status) + "/" + c.Reason
+				}
+			}
+			if got != tt.want {
+				t.Errorf("Ready = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}

@@ -31,7 +31,7 @@ type PodMetrics interface {
 // target reads the Deployment named by the guard, live from the API, and the facts about it.
 func (r *Reconciler) target(ctx context.Context, g *v1alpha1.ScaleGuard) (policy.Target, *appsv1.Deployment, error) {
 	ref := g.Spec.TargetRef
-	if ref.Kind != "Deployment" || (ref.APIVersion != "apps/v1" && ref.APIVersion != "apps/v1beta2") {
+	if ref.Kind != "Deployment" || ref.APIVersion != "apps/v1" {
 		// Found but not supported: the guard says so instead of guessing.
 		return policy.Target{Found: true}, nil, nil
 	}
