@@ -142,9 +142,11 @@ func plan(in Input, d *Decision) {
 	}
 	sd := in.Spec.ScaleDown
 	most := int(live - desired)
-	if sd.MaxVictimsPerStep != nil && int(*sd.MaxVictimsPerStep) < most {
-		most = int(*sd.MaxVictimsPerStep)
+	perStep := 1 // the API's default
+	if sd.MaxVictimsPerStep != nil {
+		perStep = int(*sd.MaxVictimsPerStep)
 	}
+	most = min(most, perStep)
 	if most < 1 {
 		most = 1
 	}

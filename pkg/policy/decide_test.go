@@ -114,6 +114,15 @@ func TestDecide(t *testing.T) {
 			},
 		},
 		{
+			name: "plan: a spec decoded without the API's defaults takes one victim per step",
+			in:   func() Input { in := input(2, 6, six()...); in.Spec.ScaleDown = v1alpha1.ScaleDownSpec{}; return in }(),
+			check: func(t *testing.T, d Decision) {
+				if !reflect.DeepEqual(names(d.Mark), []string{"p0-young"}) || !d.Status.Step.Deadline.Time.Equal(t0.Add(10*time.Minute)) {
+					t.Errorf("mark %v step %+v", names(d.Mark), d.Status.Step)
+				}
+			},
+		},
+		{
 			name: "plan: the step is cut to the victims that fit the budget, and reserves their connections",
 			in: func() Input {
 				in := input(2, 6, six()...)
