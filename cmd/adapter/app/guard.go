@@ -202,8 +202,11 @@ func newGuard(o *GuardOptions, restConfig *rest.Config, namespace string, pm con
 		RenewDeadline:                 &o.RenewDeadline,
 		RetryPeriod:                   &o.RetryPeriod,
 	}
+	// The cache holds every pod and Deployment of the watched namespaces; their managed fields
+	// are never read (the target is read live), so they are not kept.
+	opts.Cache = cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
 	if namespace != "" {
-		opts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}}
+		opts.Cache.DefaultNamespaces = map[string]cache.Config{namespace: {}}
 	}
 	mgr, err := manager.New(restConfig, opts)
 	if err != nil {
