@@ -23,7 +23,7 @@ test-unit:
 	$(GO) test -race -count=1 ./...
 
 ## verify: static checks that must pass before a change lands.
-verify: verify-gofmt vet
+verify: verify-gofmt vet verify-crds
 
 verify-gofmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^hack/tools/')); \
@@ -34,6 +34,42 @@ update-gofmt:
 
 vet:
 	$(GO) vet ./...
+
+# --- generated API code (the ScaleGuard CRD and deepcopy) ---------------------------------
+# controller-gen is pinned in hack/tools/controller-gen and built into .local/bin with its own stamp.
+CRD_DIR := config/crd/bases
+RBAC_DIR := config/rbac
+API_PKGS := ./pkg/apis/...
+CONTROLLER_PKGS := ./pkg/policy/controller/...
+
+.PHONY: controller-gen update-crds verify-crds
+
+## controller-gen: build the pinned controller-gen into .local/bin (a no-op when it is current).
+controller-gen:
+	@hack/build-controller-gen.sh >/dev/null
+
+## update-crds: regenerate the ScaleGuard CRD (config/crd/bases), the controller's ClusterRole
+## (config/rbac) and the API's deepcopy functions.
+update-crds: controller-gen
+	.local/bin/controller-gen object paths=$(API_PKGS)
+	rm -f $(CRD_DIR)/*.yaml $(RBAC_DIR)/*.yaml
+	.local/bin/controller-gen crd:crdVersions=v1 paths=$(API_PKGS) output:crd:artifacts:config=$(CRD_DIR)
+	.local/bin/controller-gen rbac:roleName=wsscale-scaleguard paths=$(CONTROLLER_PKGS) output:rbac:artifacts:config=$(RBAC_DIR)
+
+## verify-crds: fail when the generated CRD, ClusterRole or deepcopy functions are stale.
+verify-crds: controller-gen
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	mkdir -p "$$tmp/crd" "$$tmp/rbac" "$$tmp/api"; \
+	cp -r pkg/apis "$$tmp/api/"; \
+	.local/bin/controller-gen object paths=$(API_PKGS) && \
+	.local/bin/controller-gen crd:crdVersions=v1 paths=$(API_PKGS) output:crd:artifacts:config="$$tmp/crd" && \
+	.local/bin/controller-gen rbac:roleName=wsscale-scaleguard paths=$(CONTROLLER_PKGS) output:rbac:artifacts:config="$$tmp/rbac" || exit 1; \
+	stale=0; \
+	if ! diff -r "$$tmp/api/apis" pkg/apis >/dev/null; then \
+		diff -r "$$tmp/api/apis" pkg/apis; rm -rf pkg/apis; cp -r "$$tmp/api/apis" pkg/apis; stale=1; fi; \
+	if ! diff -r "$$tmp/crd" $(CRD_DIR); then stale=1; fi; \
+	if ! diff -r "$$tmp/rbac" $(RBAC_DIR); then stale=1; fi; \
+	if [ $$stale = 1 ]; then echo "generated API files are stale: run 'make update-crds'"; exit 1; fi
 
 ## bench-echo: benchmark cmd/echo against a Node.js ws echo server side by side (docs/benchmarks.md).
 .PHONY: bench-echo

@@ -34,6 +34,7 @@ type Adapter struct {
 	metrics prometheus.Gatherer
 	dynamic dynamic.Interface
 	owner   string // NAMESPACE/NAME of our Service, "" when unknown
+	guard   *guard // nil with --scale-guard=false
 }
 
 // serviceAccountNamespaceFile holds the pod's namespace when in a cluster.
@@ -101,6 +102,15 @@ func (c *Config) Complete() (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.Guard.Enabled {
+		pm, err := newSourceMetrics(source, c.Selection, c.Metrics)
+		if err != nil {
+			return nil, err
+		}
+		if a.guard, err = newGuard(o.Guard, restConfig, o.WatchNamespace, pm, registry); err != nil {
+			return nil, err
+		}
+	}
 	o.Base.WithCustomMetrics(prov)
 	// The generic API server would serve only its own registry on /metrics;
 	// ours is served there instead, behind the same delegated authentication
@@ -142,7 +152,7 @@ func (klogErrorLogger) Println(v ...any) {
 func (a *Adapter) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errCh := make(chan error, 2)
+	errCh := make(chan error, 3)
 
 	if addr := a.cfg.Options.MetricsBindAddress; addr != "" && addr != "0" {
 		lis, err := net.Listen("tcp", addr)
@@ -194,6 +204,13 @@ func (a *Adapter) Run(ctx context.Context) error {
 		go func() {
 			if err := a.scraper.Run(ctx); err != nil {
 				errCh <- fmt.Errorf("scraper: %w", err)
+			}
+		}()
+	}
+	if a.guard != nil {
+		go func() {
+			if err := a.guard.Run(ctx); err != nil {
+				errCh <- fmt.Errorf("scaleguard controller: %w", err)
 			}
 		}()
 	}

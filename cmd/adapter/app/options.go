@@ -54,6 +54,9 @@ type Options struct {
 
 	MetricsBindAddress string
 	APIServiceOwner    string
+
+	// Guard are the ScaleGuard controller's flags.
+	Guard *GuardOptions
 }
 
 // NewOptions returns the defaults: scrape the running pods labelled
@@ -71,6 +74,7 @@ func NewOptions() *Options {
 		PrometheusTimeout:        5 * time.Second,
 		PrometheusNamespaceLabel: "namespace",
 		PrometheusPodLabel:       "pod",
+		Guard:                    NewGuardOptions(),
 	}
 }
 
@@ -97,6 +101,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.PrometheusNamespaceLabel, "prometheus-namespace-label", o.PrometheusNamespaceLabel, "Series label holding the pod's namespace, with --source=prometheus.")
 	fs.StringVar(&o.PrometheusPodLabel, "prometheus-pod-label", o.PrometheusPodLabel, "Series label holding the pod's name, with --source=prometheus.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Also serve the adapter's own metrics on this address as plain, unauthenticated HTTP /metrics, e.g. :8080 (default: off; they are always on the secure port's /metrics, behind delegated authentication and authorization).")
+	o.Guard.AddFlags(fs)
 	fs.StringVar(&o.APIServiceOwner, "apiservice-service", o.APIServiceOwner, "NAMESPACE/NAME of the Service that fronts this adapter, to warn at start when the custom.metrics.k8s.io APIService points elsewhere (default: wsscale-adapter in the pod's namespace).")
 }
 
@@ -183,6 +188,7 @@ func (o *Options) Validate() []error {
 			errs = append(errs, fmt.Errorf("--apiservice-service must be NAMESPACE/NAME, got %q", o.APIServiceOwner))
 		}
 	}
+	errs = append(errs, o.Guard.Validate()...)
 	if err := logsapi.Validate(o.Logs, nil, nil).ToAggregate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -224,6 +230,7 @@ func (o *Options) Config() (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	metrics = withGuardMetrics(o.Guard, metrics)
 	sel, err := labels.Parse(o.PodSelector)
 	if err != nil {
 		return nil, err

@@ -38,7 +38,9 @@ func TestDefaults(t *testing.T) {
 	if cfg.StaleAfter != 10*time.Second || cfg.Selection.RequireAnnotation || cfg.Selection.Selector.String() != "wsscale.io/scrape=true" {
 		t.Errorf("config %+v, selection %+v", cfg, cfg.Selection)
 	}
-	if len(cfg.Metrics) != 2 || cfg.Metrics[0].Name != "websocket_connections" || cfg.Scrape.Series[0].Name != "websocket_connections_active" {
+	// websocket_draining is scraped for the ScaleGuard controller (on by default).
+	if len(cfg.Metrics) != 3 || cfg.Metrics[0].Name != "websocket_connections" || cfg.Metrics[2].Name != DrainingMetric ||
+		cfg.Scrape.Series[0].Name != "websocket_connections_active" {
 		t.Errorf("metrics %+v, series %+v", cfg.Metrics, cfg.Scrape.Series)
 	}
 	if o.MetricsBindAddress != "" {
