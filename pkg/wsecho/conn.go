@@ -247,11 +247,14 @@ func (c *conn) writeFailed(err error) {
 	weClosed := c.closing
 	c.mu.Unlock()
 	switch {
-	case weClosed || errors.Is(err, websocket.ErrCloseSent):
+	case errors.Is(err, websocket.ErrCloseSent):
 	case isTimeout(err):
+		// Also after a drain's close frame, which cuts a blocked write short: the client was not
+		// reading either way.
 		c.fail(ReasonWriteTimeout, nil)
 		// A reader blocked on this connection must not wait out its own deadline.
 		c.closeNow()
+	case weClosed:
 	default:
 		c.fail(ReasonAbnormalClosure, nil)
 		c.closeNow()
@@ -276,7 +279,12 @@ func (c *conn) fail(reason string, closeMsg []byte) {
 }
 
 // closeGoingAway sends close 1001 and gives the peer CloseGrace to answer before the reader gives up.
+// The whole close handshake gets CloseGrace (at most WriteTimeout): a write already blocked on a
+// client that stopped reading is cut short to that deadline, so that neither the close frame nor the
+// drain waits a full write timeout for a client that will not read it, and a close frame that cannot
+// be written by then ends the connection.
 func (c *conn) closeGoingAway() {
+	deadline := c.srv.clock.Now().Add(min(c.srv.cfg.CloseGrace, c.srv.cfg.WriteTimeout))
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -284,10 +292,18 @@ func (c *conn) closeGoingAway() {
 	}
 	c.closing = true
 	_ = c.ws.NetConn().SetReadDeadline(c.srv.clock.Now().Add(c.srv.cfg.CloseGrace))
+	// Applies to a data write in progress, which holds gorilla's write lock.
+	_ = c.ws.NetConn().SetWriteDeadline(deadline)
 	c.mu.Unlock()
-	_ = c.ws.WriteControl(websocket.CloseMessage,
-		websocket.FormatCloseMessage(websocket.CloseGoingAway, "server is draining"),
-		c.srv.clock.Now().Add(c.srv.cfg.WriteTimeout))
+	err := c.ws.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(websocket.CloseGoingAway, "server is draining"), deadline)
+	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+		if isTimeout(err) {
+			// The client was not reading: counted as the slow client it is.
+			c.fail(ReasonWriteTimeout, nil)
+		}
+		c.closeNow()
+	}
 }
 
 // closeNow cuts the TCP connection; the reader returns and finish cleans up.

@@ -44,7 +44,8 @@ func closeAt(i, n int, spread time.Duration) time.Duration {
 	return time.Duration(int64(spread) * int64(i) / int64(n))
 }
 
-// run sends every victim its close frame on schedule, then waits until idle is closed (all
+// run starts sending every victim its close frame on schedule, without waiting for the frame to be
+// written (closeGoingAway bounds that itself), then waits until idle is closed (all
 // connections gone) or the window has passed, and then calls cutRest for whatever is left.
 func (d drainer) run(victims []goingAwayCloser, idle <-chan struct{}, cutRest func()) {
 	start := d.clock.Now()
@@ -52,7 +53,10 @@ func (d drainer) run(victims []goingAwayCloser, idle <-chan struct{}, cutRest fu
 	for i := 0; i < len(victims); {
 		elapsed := d.clock.Since(start)
 		for i < len(victims) && closeAt(i, len(victims), spread) <= elapsed {
-			victims[i].closeGoingAway()
+			// A close frame can wait for a client that stopped reading (the write lock, a full
+			// socket buffer); it must not delay the closes after it. Each one is bounded by its
+			// own short deadline, so these goroutines end within that deadline.
+			go victims[i].closeGoingAway()
 			i++
 		}
 		if i == len(victims) {

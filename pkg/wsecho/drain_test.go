@@ -1,12 +1,17 @@
 package wsecho
 
 import (
+	"bufio"
 	"context"
+	"errors"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -290,5 +295,211 @@ func TestDrainClosesEveryConnectionWith1001(t *testing.T) {
 	}
 	if ts.Active() != 0 {
 		t.Errorf("%d connections left after the drain", ts.Active())
+	}
+}
+
+// stuckVictim is a connection whose close frame cannot be written: its closeGoingAway blocks until
+// released, as gorilla's WriteControl does while a write to a client that stopped reading holds the
+// connection's write lock.
+type stuckVictim struct {
+	fakeVictim
+	release <-chan struct{}
+}
+
+func (v *stuckVictim) closeGoingAway() {
+	v.closed.Store(true)
+	<-v.release
+}
+
+func TestDrainScheduleIsNotHeldUpByStuckCloses(t *testing.T) {
+	tests := []struct {
+		name  string
+		stuck map[int]bool // indexes of the victims whose close blocks
+	}{
+		{name: "first connection stuck", stuck: map[int]bool{0: true}},
+		{name: "every other connection stuck", stuck: map[int]bool{0: true, 2: true, 4: true, 6: true, 8: true}},
+		{name: "all stuck", stuck: map[int]bool{0: true, 1: true, 2: true, 3: true, 4: true, 5: true, 6: true, 7: true, 8: true, 9: true}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
+			release := make(chan struct{})
+			defer close(release)
+			var all []*fakeVictim
+			var closers []goingAwayCloser
+			for i := 0; i < 10; i++ {
+				if tt.stuck[i] {
+					v := &stuckVictim{release: release}
+					all = append(all, &v.fakeVictim)
+					closers = append(closers, v)
+					continue
+				}
+				v := &fakeVictim{}
+				all = append(all, v)
+				closers = append(closers, v)
+			}
+			var cut atomic.Bool
+			done := make(chan struct{})
+			// spread = 10s - 1s: one close every 0.9s.
+			d := drainer{clock: clk, window: 10 * time.Second, closeGrace: time.Second}
+			go func() {
+				defer close(done)
+				d.run(closers, make(chan struct{}), func() { cut.Store(true) })
+			}()
+			for want := 1; want <= 10; want++ {
+				deadline := time.Now().Add(10 * time.Second)
+				for countClosed(all) < want && time.Now().Before(deadline) {
+					time.Sleep(time.Millisecond)
+				}
+				if got := countClosed(all); got != want {
+					t.Fatalf("at %v: %d closes started, want %d: a close that cannot be written held up the schedule",
+						clk.Since(time.Unix(1_700_000_000, 0)), got, want)
+				}
+				waitForWaiter(t, clk)
+				clk.Step(900 * time.Millisecond)
+			}
+			// The window ends on time although some closes never completed.
+			waitForWaiter(t, clk)
+			clk.Step(time.Second)
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the drain did not end at the end of its window")
+			}
+			if !cut.Load() {
+				t.Error("connections left at the end of the window were not cut")
+			}
+		})
+	}
+}
+
+// floodUntilStalled opens a connection whose receive buffer is tiny and never read, and sends large
+// messages until its own writes stall: by then the server's echo of one of them is blocked in a
+// write to this client and holds the connection's write lock.
+func floodUntilStalled(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		return errors.Join(err, serr)
+	}}
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nc.Close() })
+	rc := &rawConn{Conn: nc, br: bufio.NewReader(nc)}
+	if err := rc.handshake(addr, ""); err != nil {
+		t.Fatal(err)
+	}
+	msg := frame(true, 0, websocket.BinaryMessage, true, make([]byte, 60<<10))
+	for i := 0; i < 10_000; i++ {
+		_ = nc.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, err := nc.Write(msg); err != nil {
+			if isTimeout(err) {
+				return nc
+			}
+			t.Fatalf("flood: %v", err)
+		}
+	}
+	t.Fatal("the server kept reading from a client that never reads")
+	return nil
+}
+
+// TestSlowClientsDoNotStallTheDrain drains 500 clients that read and 50 that stopped reading while
+// the server was writing to them. The close frames of the readers must go out on the drain's
+// schedule, and the drain must end inside its window, however long the write timeout.
+func TestSlowClientsDoNotStallTheDrain(t *testing.T) {
+	const readers, slow = 500, 50
+	cfg := testConfig()
+	cfg.MaxConnections = readers + slow
+	cfg.MaxMessageBytes = 64 << 10
+	cfg.WriteTimeout = 8 * time.Second // longer than the window: a blocking close would stall it
+	cfg.DrainTimeout = 3 * time.Second
+	cfg.CloseGrace = 500 * time.Millisecond
+	// A machine shared with other work delays goroutines by a few hundred milliseconds at worst;
+	// a stalled schedule is late by seconds.
+	const tolerance = 600 * time.Millisecond
+	ts := startServer(t, cfg)
+
+	type result struct {
+		code int
+		at   time.Time
+	}
+	results := make(chan result, readers)
+	for i := 0; i < readers; i++ {
+		c := dial(t, ts)
+		go func() {
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					code := -1
+					var ce *websocket.CloseError
+					if errors.As(err, &ce) {
+						code = ce.Code
+					}
+					results <- result{code: code, at: time.Now()}
+					return
+				}
+			}
+		}()
+	}
+	var wg sync.WaitGroup
+	for i := 0; i < slow; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			floodUntilStalled(t, ts.addr)
+		}()
+	}
+	wg.Wait()
+	eventually(t, 10*time.Second, func() bool { return ts.Active() == readers+slow }, "clients not connected")
+
+	start := time.Now()
+	ts.Drain()
+	var got []time.Duration
+	for i := 0; i < readers; i++ {
+		select {
+		case r := <-results:
+			if r.code != websocket.CloseGoingAway {
+				t.Errorf("a reading client got close code %d at %v, want 1001", r.code, r.at.Sub(start))
+			}
+			got = append(got, r.at.Sub(start))
+		case <-time.After(30 * time.Second):
+			t.Fatalf("only %d of %d reading clients were closed", i, readers)
+		}
+	}
+	select {
+	case <-ts.Drained():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the drain did not finish")
+	}
+	if took := time.Since(start); took > cfg.DrainTimeout+tolerance {
+		t.Errorf("the drain took %v, want it inside its window of %v", took, cfg.DrainTimeout)
+	}
+
+	// The victims are closed in an arbitrary order, so the j-th reader to be closed holds one of
+	// the slots j .. j+slow of the plan.
+	slices.Sort(got)
+	n := readers + slow
+	spread := drainer{window: cfg.DrainTimeout, closeGrace: cfg.CloseGrace}.spread()
+	late := 0
+	var worst time.Duration
+	for j, at := range got {
+		earliest, latest := closeAt(j, n, spread), closeAt(j+slow, n, spread)
+		if at < earliest-tolerance || at > latest+tolerance {
+			late++
+			worst = max(worst, at-latest)
+		}
+	}
+	if late > 0 {
+		t.Errorf("%d of %d close frames off the plan by more than %v (worst %v late); 10th percentile at %v, plan %v",
+			late, readers, tolerance, worst, got[readers/10], closeAt(n/10, n, spread))
+	}
+	eventually(t, 10*time.Second, func() bool { return ts.Active() == 0 }, "connections left after the drain")
+	// A client whose close frame still fitted in its socket buffer ended without a write timeout.
+	if got := errorCount(t, ts.Server, ReasonWriteTimeout); got < 1 || got > slow {
+		t.Errorf("write_timeout errors = %v, want between 1 and %d: the clients that did not read", got, slow)
 	}
 }
