@@ -84,7 +84,7 @@ func TestDrainSpreadsClosesOverTheWindow(t *testing.T) {
 			d := drainer{clock: clk, window: tt.window, closeGrace: tt.closeGrace}
 			go func() {
 				defer close(done)
-				d.run(closers, make(chan struct{}), func() { cut.Store(true) })
+				d.run(closers, make(chan struct{}), make(chan struct{}), func() { cut.Store(true) })
 			}()
 			for i, step := range tt.steps {
 				waitForWaiter(t, clk)
@@ -120,7 +120,7 @@ func TestDrainEndsEarlyWhenEveryoneLeft(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		drainer{clock: clk, window: time.Minute, closeGrace: time.Second}.run([]goingAwayCloser{v}, idle, func() {
+		drainer{clock: clk, window: time.Minute, closeGrace: time.Second}.run([]goingAwayCloser{v}, idle, make(chan struct{}), func() {
 			t.Error("cut called although every connection had left")
 		})
 	}()
@@ -168,15 +168,23 @@ func TestParseDownwardAPIFile(t *testing.T) {
 	}
 }
 
-// writeAnnotations updates a downward-API volume the way the kubelet does: a new timestamped
-// directory, then an atomic rename of the ..data symlink.
-func writeAnnotations(t *testing.T, dir, content string) {
+// writeDownwardAPI updates a downward-API volume the way the kubelet does: a new timestamped
+// directory holding every file, then an atomic rename of the ..data symlink.
+func writeDownwardAPI(t *testing.T, dir, name, content string) {
 	t.Helper()
-	ts := filepath.Join(dir, "..2026_"+time.Now().Format("150405.000000000"))
-	if err := os.Mkdir(ts, 0o755); err != nil {
+	ts, err := os.MkdirTemp(dir, "..2026_")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(ts, "annotations"), []byte(content), 0o644); err != nil {
+	// The other files of the volume keep their content.
+	for _, other := range []string{"labels", "annotations"} {
+		if old, err := os.ReadFile(filepath.Join(dir, other)); err == nil && other != name {
+			if err := os.WriteFile(filepath.Join(ts, other), old, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.WriteFile(filepath.Join(ts, name), []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tmp := filepath.Join(dir, "..data_tmp")
@@ -186,53 +194,107 @@ func writeAnnotations(t *testing.T, dir, content string) {
 	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Lstat(filepath.Join(dir, "annotations")); os.IsNotExist(err) {
-		if err := os.Symlink("..data/annotations", filepath.Join(dir, "annotations")); err != nil {
-			t.Fatal(err)
+	for _, f := range []string{"labels", "annotations"} {
+		if _, err := os.Lstat(filepath.Join(dir, f)); os.IsNotExist(err) {
+			if err := os.Symlink("..data/"+f, filepath.Join(dir, f)); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 }
 
-func TestWatchAnnotations(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "annotations")
+func TestDrainEndsWhenWithdrawn(t *testing.T) {
 	clk := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
-	drained := make(chan struct{})
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go WatchAnnotations(ctx, path, time.Second, clk, func() { close(drained) })
-
-	poll := func() {
-		waitForWaiter(t, clk)
-		clk.Step(time.Second)
-		waitForWaiter(t, clk)
-	}
-	assertNotDrained := func(when string) {
-		select {
-		case <-drained:
-			t.Fatalf("drained %s", when)
-		default:
-		}
-	}
-	// The volume is not there yet, then it is, without the annotation, then with a bad line.
-	poll()
-	assertNotDrained("with no file")
-	writeAnnotations(t, dir, "app=\"echo\"\n")
-	poll()
-	assertNotDrained("without the annotation")
-	writeAnnotations(t, dir, "wsscale.io/drain=\"false\"\n")
-	poll()
-	assertNotDrained("with drain=false")
-	writeAnnotations(t, dir, "this is not the downward API format\n")
-	poll()
-	assertNotDrained("with a malformed file")
-	writeAnnotations(t, dir, "app=\"echo\"\nwsscale.io/drain=\"true\"\n")
+	victims := []*fakeVictim{{}, {}, {}, {}}
+	closers := []goingAwayCloser{victims[0], victims[1], victims[2], victims[3]}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// spread = 4s - 0.8s: one close every 0.8s.
+		drainer{clock: clk, window: 4 * time.Second, closeGrace: time.Second}.run(closers, make(chan struct{}), stop, func() {
+			t.Error("connections cut after the drain was withdrawn")
+		})
+	}()
 	waitForWaiter(t, clk)
-	clk.Step(time.Second)
-	select {
-	case <-drained:
-	case <-time.After(10 * time.Second):
-		t.Fatal("drain annotation not noticed")
+	clk.Step(800 * time.Millisecond)
+	eventually(t, 10*time.Second, func() bool { return countClosed(victims) == 2 }, "second close not sent")
+	waitForWaiter(t, clk)
+	close(stop)
+	<-done
+	clk.Step(time.Minute)
+	if got := countClosed(victims); got != 2 {
+		t.Errorf("%d connections closed, want the 2 closed before the drain was withdrawn", got)
+	}
+}
+
+// drainStates collects what WatchDrainFiles reports.
+type drainStates struct {
+	mu  sync.Mutex
+	got []bool
+}
+
+func (d *drainStates) set(drain bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.got = append(d.got, drain)
+}
+
+func (d *drainStates) snapshot() []bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.got)
+}
+
+func TestWatchDrainFiles(t *testing.T) {
+	dir := t.TempDir()
+	labels := filepath.Join(dir, "labels")
+	annotations := filepath.Join(dir, "annotations")
+	clk := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
+	var states drainStates
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		WatchDrainFiles(ctx, []string{labels, annotations}, time.Second, clk, states.set)
+	}()
+	defer func() { cancel(); <-stopped }()
+
+	// Each step changes the volume, lets one poll happen, and says what must have been reported
+	// since the start.
+	steps := []struct {
+		name  string
+		file  string // "labels" or "annotations"; empty: no change
+		body  string
+		state []bool
+	}{
+		{name: "no file yet"},
+		{name: "labels without the marker", file: "labels", body: "app=\"echo\"\n"},
+		{name: "marker false", file: "labels", body: "wsscale.io/drain=\"false\"\n"},
+		{name: "marker true", file: "labels", body: "app=\"echo\"\nwsscale.io/drain=\"true\"\n", state: []bool{true}},
+		{name: "still true", state: []bool{true}},
+		{name: "malformed file keeps the state", file: "labels", body: "not the downward API format\n", state: []bool{true}},
+		{name: "label removed", file: "labels", body: "app=\"echo\"\n", state: []bool{true, false}},
+		{name: "label again", file: "labels", body: "wsscale.io/drain=\"true\"\n", state: []bool{true, false, true}},
+		{name: "removed again", file: "labels", body: "app=\"echo\"\n", state: []bool{true, false, true, false}},
+		{name: "annotation alone", file: "annotations", body: "wsscale.io/drain=\"true\"\n", state: []bool{true, false, true, false, true}},
+		{name: "label too: no change", file: "labels", body: "wsscale.io/drain=\"true\"\n", state: []bool{true, false, true, false, true}},
+		{name: "annotation removed, label holds", file: "annotations", body: "a=\"b\"\n", state: []bool{true, false, true, false, true}},
+		{name: "both gone", file: "labels", body: "", state: []bool{true, false, true, false, true, false}},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			if st.file != "" {
+				writeDownwardAPI(t, dir, st.file, st.body)
+			}
+			waitForWaiter(t, clk)
+			clk.Step(time.Second)
+			// The poll runs after the step; it is done once the watcher waits again.
+			waitForWaiter(t, clk)
+			if got := states.snapshot(); !slices.Equal(got, st.state) {
+				t.Fatalf("reported %v, want %v", got, st.state)
+			}
+		})
 	}
 }
 
@@ -344,7 +406,7 @@ func TestDrainScheduleIsNotHeldUpByStuckCloses(t *testing.T) {
 			d := drainer{clock: clk, window: 10 * time.Second, closeGrace: time.Second}
 			go func() {
 				defer close(done)
-				d.run(closers, make(chan struct{}), func() { cut.Store(true) })
+				d.run(closers, make(chan struct{}), make(chan struct{}), func() { cut.Store(true) })
 			}()
 			for want := 1; want <= 10; want++ {
 				deadline := time.Now().Add(10 * time.Second)
@@ -501,5 +563,169 @@ func TestSlowClientsDoNotStallTheDrain(t *testing.T) {
 	// A client whose close frame still fitted in its socket buffer ended without a write timeout.
 	if got := errorCount(t, ts.Server, ReasonWriteTimeout); got < 1 || got > slow {
 		t.Errorf("write_timeout errors = %v, want between 1 and %d: the clients that did not read", got, slow)
+	}
+}
+
+// readUntilClosed reads from c in the background and reports the close code it ended with (-1: no
+// close frame).
+func readUntilClosed(c *websocket.Conn) <-chan int {
+	code := make(chan int, 1)
+	go func() {
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				var ce *websocket.CloseError
+				if errors.As(err, &ce) {
+					code <- ce.Code
+				} else {
+					code <- -1
+				}
+				return
+			}
+		}
+	}()
+	return code
+}
+
+// expectServing checks readiness, upgrades and websocket_draining in one state of the server.
+func expectServing(t *testing.T, ts *testServer, serving bool) {
+	t.Helper()
+	wantStatus, wantDraining := http.StatusOK, 0.0
+	if !serving {
+		wantStatus, wantDraining = http.StatusServiceUnavailable, 1
+	}
+	resp, err := http.Get("http://" + ts.addr + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != wantStatus {
+		t.Errorf("/health = %d, want %d", resp.StatusCode, wantStatus)
+	}
+	c, resp, err := websocket.DefaultDialer.Dial(ts.url(), nil)
+	if serving && err != nil {
+		t.Errorf("upgrade refused while serving: %v", err)
+	}
+	if !serving && (err == nil || resp == nil || resp.StatusCode != http.StatusServiceUnavailable) {
+		t.Errorf("upgrade while drained: %v, %v; want 503", resp, err)
+	}
+	if c != nil {
+		_ = c.Close()
+	}
+	if got := counterValue(t, ts.Server, "websocket_draining", "", ""); got != wantDraining {
+		t.Errorf("websocket_draining = %v, want %v", got, wantDraining)
+	}
+}
+
+func expectServeRunning(t *testing.T, ts *testServer) {
+	t.Helper()
+	select {
+	case err := <-ts.done:
+		ts.done <- err // for the cleanup
+		t.Fatalf("Serve returned (%v) after a drain by label", err)
+	default:
+	}
+}
+
+func TestDrainUndrainDrainAgain(t *testing.T) {
+	cfg := testConfig()
+	cfg.DrainTimeout = 500 * time.Millisecond
+	ts := startServer(t, cfg)
+	for round := 1; round <= 2; round++ {
+		var codes []<-chan int
+		for i := 0; i < 5; i++ {
+			codes = append(codes, readUntilClosed(dial(t, ts)))
+		}
+		eventually(t, 5*time.Second, func() bool { return ts.Active() == 5 }, "round %d: clients not connected", round)
+		expectServing(t, ts, true)
+
+		ts.Drain()
+		for _, code := range codes {
+			if got := <-code; got != websocket.CloseGoingAway {
+				t.Errorf("round %d: close code %d, want 1001", round, got)
+			}
+		}
+		select {
+		case <-ts.Drained():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: drain did not finish", round)
+		}
+		// Drained, and still up: unready, refusing upgrades, until the label goes.
+		expectServeRunning(t, ts)
+		expectServing(t, ts, false)
+		ts.Drain() // the label is still there: nothing changes
+		expectServing(t, ts, false)
+
+		ts.Undrain()
+		expectServing(t, ts, true)
+		if ts.Drained() != nil {
+			t.Error("Drained fires while the server serves")
+		}
+	}
+}
+
+func TestUndrainKeepsTheConnectionsNotYetClosed(t *testing.T) {
+	cfg := testConfig()
+	cfg.DrainTimeout = time.Hour // the second close would come after half an hour
+	ts := startServer(t, cfg)
+	a, b := dial(t, ts), dial(t, ts)
+	codeA, codeB := readUntilClosed(a), readUntilClosed(b)
+	eventually(t, 5*time.Second, func() bool { return ts.Active() == 2 }, "clients not connected")
+	ts.Drain()
+	var first int
+	select {
+	case first = <-codeA:
+		codeA = codeB
+	case first = <-codeB:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no close frame at the start of the drain")
+	}
+	if first != websocket.CloseGoingAway {
+		t.Errorf("close code %d, want 1001", first)
+	}
+	ts.Undrain()
+	expectServing(t, ts, true)
+	// The closed client leaves once its close handshake is done; the other one stays.
+	eventually(t, 5*time.Second, func() bool { return ts.Active() == 1 }, "connections open after the drain was withdrawn: want the one not yet closed")
+	select {
+	case code := <-codeA:
+		t.Errorf("the connection not yet closed ended with %d after the drain was withdrawn", code)
+	default:
+	}
+}
+
+func TestTerminateDuringLabelDrain(t *testing.T) {
+	cfg := testConfig()
+	cfg.DrainTimeout = 2 * time.Second
+	ts := startServer(t, cfg)
+	var codes []<-chan int
+	for i := 0; i < 10; i++ {
+		codes = append(codes, readUntilClosed(dial(t, ts)))
+	}
+	eventually(t, 5*time.Second, func() bool { return ts.Active() == 10 }, "clients not connected")
+	ts.Drain()
+	drained := ts.Drained()
+	ts.cancel()  // SIGTERM
+	ts.Undrain() // the label goes after SIGTERM: too late, the process ends
+	for _, code := range codes {
+		if got := <-code; got != websocket.CloseGoingAway {
+			t.Errorf("close code %d, want 1001", got)
+		}
+	}
+	select {
+	case err := <-ts.done:
+		ts.done <- err
+		if err != nil {
+			t.Errorf("Serve = %v, want nil", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Serve did not return after SIGTERM")
+	}
+	select {
+	case <-drained:
+	default:
+		t.Error("Serve returned before the label's drain had finished")
+	}
+	if got := counterValue(t, ts.Server, "websocket_draining", "", ""); got != 1 {
+		t.Errorf("websocket_draining = %v after SIGTERM, want 1", got)
 	}
 }

@@ -64,12 +64,19 @@ type Server struct {
 	// slots counts connections open or being upgraded; it is what MaxConnections limits.
 	slots atomic.Int64
 
-	mu        sync.Mutex
-	conns     map[*conn]struct{}
-	draining  bool
-	drainOnce sync.Once
-	idle      chan struct{} // closed once draining and no connection is left
-	drained   chan struct{} // closed when the drain has finished
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+	// drain is the drain in progress or finished; nil while the server serves.
+	drain *drainRun
+	// terminating is set for good by Terminate: the drain ends the process and cannot be undone.
+	terminating bool
+}
+
+// drainRun is one drain: from Drain (or Terminate) until Undrain or the end of the process.
+type drainRun struct {
+	stop chan struct{} // closed by Undrain: abandon the schedule, keep the connections not yet closed
+	idle chan struct{} // closed once no connection is left
+	done chan struct{} // closed when the schedule has ended, every connection closed or cut
 }
 
 // New returns a server for cfg. It registers its metrics, together with the Go runtime and process
@@ -83,8 +90,6 @@ func New(cfg Config, clk clock.WithDelayedExecution) *Server {
 		metrics:  newMetrics(reg, cfg.MaxConnections),
 		registry: reg,
 		conns:    make(map[*conn]struct{}),
-		idle:     make(chan struct{}),
-		drained:  make(chan struct{}),
 	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: cfg.HandshakeTimeout,
@@ -126,19 +131,34 @@ func (s *Server) Active() int {
 	return len(s.conns)
 }
 
-// Draining reports whether the server has started to drain.
+// Draining reports whether the server is draining (or has drained): it refuses upgrades.
 func (s *Server) Draining() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.draining
+	return s.drain != nil
 }
 
-// Drained is closed once a drain has closed every connection.
-func (s *Server) Drained() <-chan struct{} { return s.drained }
+// Drained returns a channel closed once the current drain has closed every connection (or cut what
+// was left at the end of its window). While the server serves, the channel is nil: it never fires.
+func (s *Server) Drained() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drain == nil {
+		return nil
+	}
+	return s.drain.done
+}
+
+// ready reports whether the server should receive new clients: not while draining or terminating.
+func (s *Server) ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.drain == nil && !s.terminating
+}
 
 func (s *Server) serveReadiness(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if s.Draining() {
+	if !s.ready() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("draining\n"))
 		return
@@ -221,15 +241,15 @@ func (s *Server) track(c *conn) bool {
 	s.conns[c] = struct{}{}
 	s.metrics.active.Inc()
 	s.metrics.total.Inc()
-	return !s.draining
+	return s.drain == nil
 }
 
 // untrack removes a finished connection and releases its slot.
 func (s *Server) untrack(c *conn, lifetime time.Duration) {
 	s.mu.Lock()
 	delete(s.conns, c)
-	if s.draining && len(s.conns) == 0 {
-		closeOnce(s.idle)
+	if s.drain != nil && len(s.conns) == 0 {
+		closeOnce(s.drain.idle)
 	}
 	s.mu.Unlock()
 	s.metrics.active.Dec()
@@ -245,36 +265,77 @@ func closeOnce(ch chan struct{}) {
 	}
 }
 
-// Drain starts a graceful drain, once: readiness fails, new upgrades are refused with 503, and every
-// open connection is closed with 1001 (going away), spread evenly over DrainTimeout so that clients
-// reconnect to other pods gradually instead of all at once. Drained is closed when it is done.
+// Drain starts a graceful drain unless one is in progress or done: readiness fails, new upgrades are
+// refused with 503, and every open connection is closed with 1001 (going away), spread evenly over
+// DrainTimeout so that clients reconnect to other pods gradually instead of all at once. The server
+// then stays up and refuses clients until Undrain or Terminate. Drained is closed when it is done.
 func (s *Server) Drain() {
-	s.drainOnce.Do(func() {
-		s.mu.Lock()
-		s.draining = true
-		victims := make([]goingAwayCloser, 0, len(s.conns))
-		for c := range s.conns {
-			victims = append(victims, c)
-		}
-		if len(s.conns) == 0 {
-			closeOnce(s.idle)
-		}
-		s.mu.Unlock()
-		s.metrics.draining.Set(1)
-		klog.InfoS("Draining WebSocket connections", "connections", len(victims), "window", s.cfg.DrainTimeout)
-		go func() {
-			d := drainer{clock: s.clock, window: s.cfg.DrainTimeout, closeGrace: s.cfg.CloseGrace}
-			d.run(victims, s.idle, s.closeAll)
-			klog.InfoS("Drain finished", "remaining", s.Active())
-			close(s.drained)
-		}()
-	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.startDrainLocked()
 }
 
-// closeAll cuts every connection still open; the drain calls it when its window has run out, after
-// every connection has been sent its close frame.
-func (s *Server) closeAll() {
+func (s *Server) startDrainLocked() {
+	if s.drain != nil {
+		return
+	}
+	run := &drainRun{stop: make(chan struct{}), idle: make(chan struct{}), done: make(chan struct{})}
+	s.drain = run
+	victims := make([]goingAwayCloser, 0, len(s.conns))
+	for c := range s.conns {
+		victims = append(victims, c)
+	}
+	if len(s.conns) == 0 {
+		closeOnce(run.idle)
+	}
+	s.metrics.draining.Set(1)
+	klog.InfoS("Draining WebSocket connections", "connections", len(victims), "window", s.cfg.DrainTimeout)
+	go func() {
+		d := drainer{clock: s.clock, window: s.cfg.DrainTimeout, closeGrace: s.cfg.CloseGrace}
+		d.run(victims, run.idle, run.stop, func() { s.closeAll(run) })
+		klog.InfoS("Drain finished", "remaining", s.Active())
+		close(run.done)
+	}()
+}
+
+// Undrain ends a drain that Drain started: the server is ready again and accepts upgrades, and the
+// connections that have not been sent their close frame yet stay open. It does nothing while the
+// server serves, and nothing after Terminate: only the end of the process ends that drain.
+func (s *Server) Undrain() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drain == nil || s.terminating {
+		return
+	}
+	close(s.drain.stop)
+	s.drain = nil
+	s.metrics.draining.Set(0)
+	klog.InfoS("Drain withdrawn, serving again", "connections", len(s.conns))
+}
+
+// Terminate drains the server for good (the process is about to end) and returns once the drain is
+// done or ctx is done. A drain already in progress keeps its schedule; a finished one returns at once.
+func (s *Server) Terminate(ctx context.Context) {
+	s.mu.Lock()
+	s.terminating = true
+	s.startDrainLocked()
+	done := s.drain.done
+	s.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// closeAll cuts every connection still open; the drain run calls it when its window has run out,
+// after every connection has been sent its close frame. It does nothing if that drain was withdrawn
+// in the meantime: the connections open now are served again.
+func (s *Server) closeAll(run *drainRun) {
+	s.mu.Lock()
+	if s.drain != run {
+		s.mu.Unlock()
+		return
+	}
 	left := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		left = append(left, c)
@@ -285,9 +346,9 @@ func (s *Server) closeAll() {
 	}
 }
 
-// Serve runs the WebSocket and metrics endpoints on the given listeners until the server has drained.
-// A drain starts when ctx is cancelled (SIGTERM) or when Drain is called (drain annotation). Serve
-// returns nil after a completed drain, or the first error of a listener.
+// Serve runs the WebSocket and metrics endpoints on the given listeners until ctx is cancelled
+// (SIGTERM), then drains the server for good and returns nil, or the first error of a listener.
+// Drains started by Drain (the drain label) do not end it.
 func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.Listener) error {
 	main := &http.Server{
 		Handler:           s.Handler(),
@@ -308,12 +369,9 @@ func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.List
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		s.Drain()
-	case <-s.drained:
 	case serveErr = <-errc:
-		s.Drain()
 	}
-	<-s.drained
+	s.Terminate(context.Background())
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := main.Shutdown(shutdownCtx); err != nil && serveErr == nil {

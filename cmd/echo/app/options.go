@@ -27,8 +27,9 @@ type ServerOptions struct {
 	CloseGrace           time.Duration
 	AllowedOrigins       string
 	MaxMessageBytes      int64
+	DrainLabelsFile      string
 	DrainAnnotationsFile string
-	AnnotationsPoll      time.Duration
+	DrainPoll            time.Duration
 
 	// envErrors are the environment variables that could not be parsed; Validate reports them.
 	envErrors []error
@@ -46,7 +47,7 @@ func NewServerOptions(getenv func(string) (string, bool)) *ServerOptions {
 		DrainTimeout:       30 * time.Second,
 		CloseGrace:         2 * time.Second,
 		MaxMessageBytes:    65536,
-		AnnotationsPoll:    time.Second,
+		DrainPoll:          time.Second,
 	}
 	e := envReader{getenv: getenv}
 	e.str("BIND_ADDRESS", &o.BindAddress)
@@ -57,6 +58,7 @@ func NewServerOptions(getenv func(string) (string, bool)) *ServerOptions {
 	e.duration("DRAIN_TIMEOUT", &o.DrainTimeout)
 	e.str("ALLOWED_ORIGINS", &o.AllowedOrigins)
 	e.int64("MAX_MESSAGE_BYTES", &o.MaxMessageBytes)
+	e.str("DRAIN_LABELS_FILE", &o.DrainLabelsFile)
 	e.str("DRAIN_ANNOTATIONS_FILE", &o.DrainAnnotationsFile)
 	o.envErrors = e.errs
 	return o
@@ -76,8 +78,11 @@ func (o *ServerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.CloseGrace, "close-grace", o.CloseGrace, "How long to wait for a client's close frame after sending one.")
 	fs.StringVar(&o.AllowedOrigins, "allowed-origins", o.AllowedOrigins, "Comma-separated browser origins allowed to connect (scheme://host[:port], scheme://*.domain, or *). Empty: clients without Origin and same-origin pages only (env ALLOWED_ORIGINS).")
 	fs.Int64Var(&o.MaxMessageBytes, "max-message-bytes", o.MaxMessageBytes, "Largest message accepted; larger ones close the connection with 1009 (env MAX_MESSAGE_BYTES).")
-	fs.StringVar(&o.DrainAnnotationsFile, "drain-annotations-file", o.DrainAnnotationsFile, "Downward-API annotations file; the server drains when it holds wsscale.io/drain=\"true\" (env DRAIN_ANNOTATIONS_FILE).")
-	fs.DurationVar(&o.AnnotationsPoll, "annotations-poll-interval", o.AnnotationsPoll, "How often the annotations file is read.")
+	fs.StringVar(&o.DrainLabelsFile, "drain-labels-file", o.DrainLabelsFile, "Downward-API file of the pod's metadata.labels; the server drains while it holds wsscale.io/drain=\"true\" and serves again when the label is removed (env DRAIN_LABELS_FILE).")
+	fs.StringVar(&o.DrainAnnotationsFile, "drain-annotations-file", o.DrainAnnotationsFile, "Downward-API file of the pod's metadata.annotations, read like --drain-labels-file (env DRAIN_ANNOTATIONS_FILE).")
+	fs.DurationVar(&o.DrainPoll, "drain-poll-interval", o.DrainPoll, "How often the drain label and annotation files are read.")
+	fs.DurationVar(&o.DrainPoll, "annotations-poll-interval", o.DrainPoll, "Old name of --drain-poll-interval.")
+	_ = fs.MarkDeprecated("annotations-poll-interval", "use --drain-poll-interval")
 }
 
 // Validate returns every problem with the options, each naming its variable.
@@ -110,7 +115,7 @@ func (o *ServerOptions) Validate() []error {
 	}
 	for name, d := range map[string]time.Duration{
 		"--write-timeout": o.WriteTimeout, "--handshake-timeout": o.HandshakeTimeout,
-		"--close-grace": o.CloseGrace, "--annotations-poll-interval": o.AnnotationsPoll,
+		"--close-grace": o.CloseGrace, "--drain-poll-interval": o.DrainPoll,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s: must be positive, got %v", name, d))
@@ -124,6 +129,17 @@ func (o *ServerOptions) Validate() []error {
 
 func (o *ServerOptions) pingInterval() time.Duration {
 	return time.Duration(o.PingIntervalMillis) * time.Millisecond
+}
+
+// DrainFiles returns the downward-API files to watch for the drain marker.
+func (o *ServerOptions) DrainFiles() []string {
+	var files []string
+	for _, f := range []string{o.DrainLabelsFile, o.DrainAnnotationsFile} {
+		if f != "" {
+			files = append(files, f)
+		}
+	}
+	return files
 }
 
 // Config turns validated options into the server's configuration.

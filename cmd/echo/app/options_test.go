@@ -1,6 +1,7 @@
 package app
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ func TestServerOptionsFromEnvironment(t *testing.T) {
 	o := NewServerOptions(env(map[string]string{
 		"PORT": "9000", "METRICS_PORT": "9001", "MAX_CONNECTIONS": "50000", "PING_INTERVAL": "15000",
 		"DRAIN_TIMEOUT": "2m", "ALLOWED_ORIGINS": "https://a.example, https://*.b.example",
-		"MAX_MESSAGE_BYTES": "1024", "DRAIN_ANNOTATIONS_FILE": "/etc/podinfo/annotations",
+		"MAX_MESSAGE_BYTES": "1024", "DRAIN_ANNOTATIONS_FILE": "/etc/podinfo/annotations", "DRAIN_LABELS_FILE": "/etc/podinfo/labels",
 	}))
 	if errs := o.Validate(); len(errs) > 0 {
 		t.Fatalf("Validate: %v", errs)
@@ -29,7 +30,8 @@ func TestServerOptionsFromEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o.Port != 9000 || o.MetricsPort != 9001 || cfg.MaxConnections != 50000 || cfg.PingInterval != 15*time.Second ||
-		cfg.DrainTimeout != 2*time.Minute || cfg.MaxMessageBytes != 1024 || o.DrainAnnotationsFile != "/etc/podinfo/annotations" {
+		cfg.DrainTimeout != 2*time.Minute || cfg.MaxMessageBytes != 1024 || o.DrainAnnotationsFile != "/etc/podinfo/annotations" ||
+		!slices.Equal(o.DrainFiles(), []string{"/etc/podinfo/labels", "/etc/podinfo/annotations"}) {
 		t.Errorf("environment not applied: %+v / %+v", o, cfg)
 	}
 	if cfg.ReadTimeout != 30*time.Second {
