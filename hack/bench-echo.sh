@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks the reference WebSocket server (cmd/echo) against a Node.js echo server built on the npm
-# package ws (hack/bench/node), side by side in one run, with the same load client (echo load):
+# package ws (hack/bench/node), side by side in one run, with the same load client (wsecho load):
 #
 #   1. resident memory per idle connection at BENCH_SMALL and BENCH_LARGE connections;
 #   2. echo throughput and round trips with 1,000 connections flooding 1 KiB messages;
@@ -110,8 +110,8 @@ done
 command -v node >/dev/null || die "node is not installed (Node.js 18 or later is needed for the peer)"
 command -v npm >/dev/null || die "npm is not installed"
 
-log "building bin/echo"
-go build -o bin/ ./cmd/echo
+log "building bin/wsecho (cmd/echo)"
+go build -o bin/wsecho ./cmd/echo
 log "installing the pinned ws package (npm ci)"
 (cd hack/bench/node && npm ci --no-audit --no-fund --prefer-offline --loglevel=error >/dev/null)
 
@@ -162,7 +162,7 @@ start_server() {
     server_port=$go_port
     env PORT="$go_port" METRICS_PORT="$go_metrics_port" BIND_ADDRESS=127.0.0.1 \
       MAX_CONNECTIONS=1000000 PING_INTERVAL="$ping_ms" DRAIN_TIMEOUT=2s MAX_MESSAGE_BYTES=65536 "$@" \
-      bin/echo >"$out/$name.server.log" 2>&1 &
+      bin/wsecho >"$out/$name.server.log" 2>&1 &
   else
     server_port=$node_port
     env PORT="$node_port" BIND_ADDRESS=127.0.0.1 PING_INTERVAL="$ping_ms" MAX_MESSAGE_BYTES=65536 "$@" \
@@ -196,7 +196,7 @@ start_load() {
   for ((i = 0; i < procs; i++)); do
     n=$((left / (procs - i)))
     left=$((left - n))
-    bin/echo load --url "ws://127.0.0.1:$server_port/ws" -c "$n" \
+    bin/wsecho load --url "ws://127.0.0.1:$server_port/ws" -c "$n" \
       --rate "$(awk -v r="$rate" -v p="$procs" 'BEGIN {printf "%g", r / p}')" -q -o json "$@" \
       >"$out/$name.client$i.json" 2>"$out/$name.client$i.log" &
     load_pids+=("$!")

@@ -22,11 +22,11 @@ import (
 var echoBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "echo-bin-")
+	dir, err := os.MkdirTemp("", "wsecho-bin-")
 	if err != nil {
 		panic(err)
 	}
-	echoBin = filepath.Join(dir, "echo")
+	echoBin = filepath.Join(dir, "wsecho")
 	build := exec.Command("go", "build", "-o", echoBin, ".")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
@@ -62,7 +62,7 @@ func startEcho(t *testing.T, env ...string) *process {
 	p := &process{port: freePort(t), mport: freePort(t), out: &bytes.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(echoBin, "--bind-address=127.0.0.1")
 	p.cmd.Env = append(os.Environ(), append([]string{
-		"PORT=" + strconv.Itoa(p.port), "METRICS_PORT=" + strconv.Itoa(p.mport),
+		"PORT=" + strconv.Itoa(p.port), "METRICS_PORT=" + strconv.Itoa(p.mport), "SHUTDOWN_DELAY=0",
 	}, env...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -239,6 +239,31 @@ func expectRunning(t *testing.T, p *process) {
 		t.Fatalf("echo exited (%v); a drain by label must keep it running", p.exitErr)
 	default:
 	}
+}
+
+// TestSIGTERMWaitsTheShutdownDelay: readiness fails at once on SIGTERM, upgrades are still served
+// during the shutdown delay, and the drain follows.
+func TestSIGTERMWaitsTheShutdownDelay(t *testing.T) {
+	const clients = 10
+	p := startEcho(t, "DRAIN_TIMEOUT=1s", "SHUTDOWN_DELAY=3s")
+	closes := connectClients(t, p.port, clients)
+	sent := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, p, http.StatusServiceUnavailable, http.StatusSwitchingProtocols, "0")
+	late := connectClients(t, p.port, 1)
+	if waited := time.Since(sent); waited > 2*time.Second {
+		t.Fatalf("checks took %v, too long to tell the delay apart", waited)
+	}
+	expectClosesSpread(t, p, closes, clients, 800*time.Millisecond)
+	if r := <-late; r.code != websocket.CloseGoingAway {
+		t.Errorf("client accepted during the delay got close code %d, want 1001", r.code)
+	}
+	if waited := time.Since(sent); waited < 3*time.Second {
+		t.Errorf("drain done %v after SIGTERM, before the 3s shutdown delay", waited)
+	}
+	expectExit0(t, p)
 }
 
 func TestDrainOnSIGTERM(t *testing.T) {

@@ -729,3 +729,97 @@ func TestTerminateDuringLabelDrain(t *testing.T) {
 		t.Errorf("websocket_draining = %v after SIGTERM, want 1", got)
 	}
 }
+
+// TestShutdownDelay: on SIGTERM readiness fails at once, but upgrades are still accepted and nobody
+// is closed until the shutdown delay has passed (endpoints take a while to drop the pod); then the
+// drain runs.
+func TestShutdownDelay(t *testing.T) {
+	cfg := testConfig()
+	cfg.ShutdownDelay = 5 * time.Second
+	cfg.DrainTimeout = time.Second
+	// Deadlines are taken from the fake clock, so it starts at the real time.
+	clk := clocktesting.NewFakeClock(time.Now())
+	ts := startServerWithClock(t, cfg, clk)
+	early := readUntilClosed(dial(t, ts))
+	eventually(t, 5*time.Second, func() bool { return ts.Active() == 1 }, "client not connected")
+
+	ts.cancel() // SIGTERM
+	eventually(t, 5*time.Second, func() bool {
+		resp, err := http.Get("http://" + ts.addr + "/health")
+		if err != nil {
+			return false
+		}
+		_ = resp.Body.Close()
+		return resp.StatusCode == http.StatusServiceUnavailable
+	}, "readiness did not fail at once on SIGTERM")
+	clk.Step(cfg.ShutdownDelay - time.Millisecond)
+	// Still within the delay: a client whose load balancer has not caught up is served.
+	late := readUntilClosed(dial(t, ts))
+	eventually(t, 5*time.Second, func() bool { return ts.Active() == 2 }, "upgrade during the shutdown delay not served")
+	if got := counterValue(t, ts.Server, "websocket_draining", "", ""); got != 0 {
+		t.Errorf("websocket_draining = %v during the shutdown delay, want 0", got)
+	}
+	select {
+	case code := <-early:
+		t.Fatalf("a client was closed (%d) during the shutdown delay", code)
+	default:
+	}
+
+	// Once the delay has passed, both are drained with 1001 and Serve returns.
+	stepped := cfg.ShutdownDelay - time.Millisecond
+	for _, code := range []<-chan int{early, late} {
+		for got := false; !got; {
+			select {
+			case c := <-code:
+				got = true
+				if c != websocket.CloseGoingAway {
+					t.Errorf("close code %d, want 1001", c)
+				}
+			case <-time.After(5 * time.Millisecond):
+				if stepped > time.Minute {
+					t.Fatal("no close frame long after the shutdown delay")
+				}
+				clk.Step(50 * time.Millisecond)
+				stepped += 50 * time.Millisecond
+			}
+		}
+	}
+	if stepped < cfg.ShutdownDelay {
+		t.Errorf("first close after %v of the fake clock, want at least the shutdown delay %v", stepped, cfg.ShutdownDelay)
+	}
+	for done := false; !done; {
+		select {
+		case err := <-ts.done:
+			ts.done <- err
+			done = true
+		case <-time.After(5 * time.Millisecond):
+			if stepped > time.Minute {
+				t.Fatal("Serve did not return after the drain")
+			}
+			clk.Step(50 * time.Millisecond)
+			stepped += 50 * time.Millisecond
+		}
+	}
+}
+
+// TestShutdownDelaySkippedWhenDrained: a server drained by label is already out of the endpoints,
+// so SIGTERM ends it without waiting.
+func TestShutdownDelaySkippedWhenDrained(t *testing.T) {
+	cfg := testConfig()
+	cfg.ShutdownDelay = time.Hour
+	clk := clocktesting.NewFakeClock(time.Now())
+	ts := startServerWithClock(t, cfg, clk)
+	ts.Drain()
+	select {
+	case <-ts.Drained():
+	case <-time.After(10 * time.Second):
+		t.Fatal("drain without connections did not finish")
+	}
+	ts.cancel()
+	select {
+	case err := <-ts.done:
+		ts.done <- err
+	case <-time.After(10 * time.Second):
+		t.Fatal("SIGTERM after a drain by label waited for the shutdown delay")
+	}
+}

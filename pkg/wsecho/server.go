@@ -41,6 +41,9 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// DrainTimeout is the window over which connections are closed (1001) when the server drains.
 	DrainTimeout time.Duration
+	// ShutdownDelay is how long the server keeps accepting upgrades after SIGTERM, unready, before it
+	// drains: Services and load balancers take a few seconds to stop sending it new clients.
+	ShutdownDelay time.Duration
 	// CloseGrace is how long the server waits for a client's close frame after sending its own.
 	CloseGrace time.Duration
 	// RetryAfter is the Retry-After value sent with 503 responses.
@@ -104,7 +107,8 @@ func New(cfg Config, clk clock.WithDelayedExecution) *Server {
 	return s
 }
 
-// Handler serves /ws (the echo endpoint), /health (readiness: fails while draining) and /livez.
+// Handler serves /ws (the echo endpoint), /health (readiness: fails from SIGTERM on and while
+// draining, never because the server is full) and /livez.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", s.serveWS)
@@ -314,10 +318,23 @@ func (s *Server) Undrain() {
 }
 
 // Terminate drains the server for good (the process is about to end) and returns once the drain is
-// done or ctx is done. A drain already in progress keeps its schedule; a finished one returns at once.
+// done or ctx is done. Readiness fails at once; upgrades are still accepted for ShutdownDelay, while
+// the endpoints catch up, and then the drain starts. A drain by label already in progress or done
+// (the pod is out of the endpoints already) keeps its schedule, without the delay.
 func (s *Server) Terminate(ctx context.Context) {
 	s.mu.Lock()
+	wait := !s.terminating && s.drain == nil && s.cfg.ShutdownDelay > 0
 	s.terminating = true
+	s.mu.Unlock()
+	if wait {
+		klog.InfoS("Shutting down: unready now, draining after the shutdown delay", "delay", s.cfg.ShutdownDelay)
+		select {
+		case <-s.clock.After(s.cfg.ShutdownDelay):
+		case <-ctx.Done():
+			return
+		}
+	}
+	s.mu.Lock()
 	s.startDrainLocked()
 	done := s.drain.done
 	s.mu.Unlock()
@@ -347,7 +364,8 @@ func (s *Server) closeAll(run *drainRun) {
 }
 
 // Serve runs the WebSocket and metrics endpoints on the given listeners until ctx is cancelled
-// (SIGTERM), then drains the server for good and returns nil, or the first error of a listener.
+// (SIGTERM), then terminates the server (shutdown delay, drain) and returns nil, or the first error
+// of a listener.
 // Drains started by Drain (the drain label) do not end it.
 func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.Listener) error {
 	main := &http.Server{

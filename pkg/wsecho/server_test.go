@@ -86,6 +86,16 @@ func TestConnectionLimit(t *testing.T) {
 	if got := errorCount(t, ts.Server, ReasonOverCapacity); got != 1 {
 		t.Errorf("over_capacity errors = %v, want 1", got)
 	}
+	// A full pod is not broken: it stays ready. An unready pod is the first one a ReplicaSet
+	// deletes, and counts as unavailable to rollouts and PodDisruptionBudgets.
+	resp, err = http.Get("http://" + ts.addr + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/health at MAX_CONNECTIONS = %d, want 200", resp.StatusCode)
+	}
 	// The connections already open are not affected.
 	for i, c := range []*websocket.Conn{first, second} {
 		if err := c.WriteMessage(websocket.TextMessage, []byte("still here")); err != nil {
@@ -535,5 +545,53 @@ func TestHealthAndLiveness(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s = %d, want %d", path, resp.StatusCode, want)
 		}
+	}
+}
+
+// TestMessagesBufferedTogetherAreAllEchoed sends pongs and messages in one TCP write, so that they
+// arrive in the server's read buffer at once. Between messages the server waits for readability on
+// the socket and consumes pongs from the read buffer itself, which is only right if gorilla reads
+// through that same buffer, the one hijackWriter hands it (gorilla does so when ReadBufferSize is 0
+// and the hijacked reader is larger than 256 bytes). Were gorilla to read through a buffer of its
+// own, the second message would wait in it unseen, and pongs would be taken from a buffer nobody
+// fills.
+func TestMessagesBufferedTogetherAreAllEchoed(t *testing.T) {
+	ts := startServer(t, testConfig())
+	for _, tt := range []struct {
+		name   string
+		frames [][]byte
+		want   []string
+	}{
+		{name: "two messages", frames: [][]byte{
+			frame(true, 0, websocket.TextMessage, true, []byte("one")),
+			frame(true, 0, websocket.TextMessage, true, []byte("two")),
+		}, want: []string{"one", "two"}},
+		{name: "pongs around a message", frames: [][]byte{
+			frame(true, 0, websocket.PongMessage, true, nil),
+			frame(true, 0, websocket.TextMessage, true, []byte("after a pong")),
+			frame(true, 0, websocket.PongMessage, true, []byte("x")),
+			frame(true, 0, websocket.TextMessage, true, []byte("after another")),
+		}, want: []string{"after a pong", "after another"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rc := dialRaw(t, ts.addr, "")
+			if _, err := rc.Write(bytes.Join(tt.frames, nil)); err != nil {
+				t.Fatal(err)
+			}
+			_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			for _, want := range tt.want {
+				var hdr [2]byte
+				if _, err := io.ReadFull(rc.br, hdr[:]); err != nil {
+					t.Fatalf("waiting for the echo of %q: %v", want, err)
+				}
+				body := make([]byte, hdr[1]&0x7f)
+				if _, err := io.ReadFull(rc.br, body); err != nil {
+					t.Fatal(err)
+				}
+				if string(body) != want {
+					t.Fatalf("echo = %q, want %q", body, want)
+				}
+			}
+		})
 	}
 }

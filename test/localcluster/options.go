@@ -90,10 +90,11 @@ func NewOptions() *Options {
 	}
 }
 
-// DefaultImages maps the project's image repositories to the binaries built into binDir.
+// DefaultImages maps the project's image repositories to the binaries built into binDir (as
+// `make cluster-up` builds them).
 func DefaultImages(binDir string) map[string]string {
 	return map[string]string{
-		"wsscale/echo":    filepath.Join(binDir, "echo"),
+		"wsscale/echo":    filepath.Join(binDir, "wsecho"), // built from cmd/echo
 		"wsscale/adapter": filepath.Join(binDir, "adapter"),
 	}
 }

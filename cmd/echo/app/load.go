@@ -86,14 +86,14 @@ func isLoopbackHost(h string) bool {
 	return err == nil && a.Is4() && a.IsLoopback()
 }
 
-// NewLoadCommand returns `echo load`.
+// NewLoadCommand returns `wsecho load`.
 func NewLoadCommand(ctx context.Context) *cobra.Command {
 	o := NewLoadOptions()
 	cmd := &cobra.Command{
 		Use:   "load",
 		Short: "Open many WebSocket connections, send timestamped messages and report round trips and closes",
-		Example: `  echo load --url ws://127.0.0.1:8080/ws -c 10000 --rate 2000 --duration 60s
-  echo load --url ws://127.0.0.1:8080/ws -c 1000 --flood --message-size 1024 -d 20s -o json`,
+		Example: `  wsecho load --url ws://127.0.0.1:8080/ws -c 10000 --rate 2000 --duration 60s
+  wsecho load --url ws://127.0.0.1:8080/ws -c 1000 --flood --message-size 1024 -d 20s -o json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

@@ -24,6 +24,7 @@ type ServerOptions struct {
 	WriteTimeout         time.Duration
 	HandshakeTimeout     time.Duration
 	DrainTimeout         time.Duration
+	ShutdownDelay        time.Duration
 	CloseGrace           time.Duration
 	AllowedOrigins       string
 	MaxMessageBytes      int64
@@ -45,6 +46,7 @@ func NewServerOptions(getenv func(string) (string, bool)) *ServerOptions {
 		WriteTimeout:       10 * time.Second,
 		HandshakeTimeout:   10 * time.Second,
 		DrainTimeout:       30 * time.Second,
+		ShutdownDelay:      5 * time.Second,
 		CloseGrace:         2 * time.Second,
 		MaxMessageBytes:    65536,
 		DrainPoll:          time.Second,
@@ -56,6 +58,7 @@ func NewServerOptions(getenv func(string) (string, bool)) *ServerOptions {
 	e.int("MAX_CONNECTIONS", &o.MaxConnections)
 	e.int("PING_INTERVAL", &o.PingIntervalMillis)
 	e.duration("DRAIN_TIMEOUT", &o.DrainTimeout)
+	e.duration("SHUTDOWN_DELAY", &o.ShutdownDelay)
 	e.str("ALLOWED_ORIGINS", &o.AllowedOrigins)
 	e.int64("MAX_MESSAGE_BYTES", &o.MaxMessageBytes)
 	e.str("DRAIN_LABELS_FILE", &o.DrainLabelsFile)
@@ -75,6 +78,7 @@ func (o *ServerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", o.WriteTimeout, "How long a write may block; a client that does not read for longer is disconnected.")
 	fs.DurationVar(&o.HandshakeTimeout, "handshake-timeout", o.HandshakeTimeout, "How long a client may take to send its upgrade request.")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Window over which connections are closed (1001) when draining (env DRAIN_TIMEOUT).")
+	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "After SIGTERM, how long to stay unready but still accept upgrades before draining, while endpoints stop sending clients; 0 if a preStop hook already waits (env SHUTDOWN_DELAY).")
 	fs.DurationVar(&o.CloseGrace, "close-grace", o.CloseGrace, "How long to wait for a client's close frame after sending one.")
 	fs.StringVar(&o.AllowedOrigins, "allowed-origins", o.AllowedOrigins, "Comma-separated browser origins allowed to connect (scheme://host[:port], scheme://*.domain, or *). Empty: clients without Origin and same-origin pages only (env ALLOWED_ORIGINS).")
 	fs.Int64Var(&o.MaxMessageBytes, "max-message-bytes", o.MaxMessageBytes, "Largest message accepted; larger ones close the connection with 1009 (env MAX_MESSAGE_BYTES).")
@@ -109,6 +113,9 @@ func (o *ServerOptions) Validate() []error {
 	}
 	if o.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("DRAIN_TIMEOUT (--drain-timeout): must not be negative, got %v", o.DrainTimeout))
+	}
+	if o.ShutdownDelay < 0 {
+		errs = append(errs, fmt.Errorf("SHUTDOWN_DELAY (--shutdown-delay): must not be negative, got %v", o.ShutdownDelay))
 	}
 	if o.MaxMessageBytes < 1 {
 		errs = append(errs, fmt.Errorf("MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1, got %d", o.MaxMessageBytes))
@@ -160,6 +167,7 @@ func (o *ServerOptions) Config() (wsecho.Config, error) {
 		WriteTimeout:     o.WriteTimeout,
 		HandshakeTimeout: o.HandshakeTimeout,
 		DrainTimeout:     o.DrainTimeout,
+		ShutdownDelay:    o.ShutdownDelay,
 		CloseGrace:       o.CloseGrace,
 		RetryAfter:       5 * time.Second,
 		Origins:          origins,
