@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -46,6 +48,10 @@ type Config struct {
 	ShutdownDelay time.Duration
 	// CloseGrace is how long the server waits for a client's close frame after sending its own.
 	CloseGrace time.Duration
+	// ReleaseMemoryAfter is how long the server must have been quiet (no message, no connection
+	// opened or ended) after traffic before it returns the memory the traffic left behind to the operating
+	// system; 0 never does.
+	ReleaseMemoryAfter time.Duration
 	// RetryAfter is the Retry-After value sent with 503 responses.
 	RetryAfter time.Duration
 	// Origins decides which browser origins may connect.
@@ -66,6 +72,8 @@ type Server struct {
 
 	// slots counts connections open or being upgraded; it is what MaxConnections limits.
 	slots atomic.Int64
+	// activity counts messages and connections opened and ended, for releaseWhenQuiet.
+	activity atomic.Uint64
 
 	mu    sync.Mutex
 	conns map[*conn]struct{}
@@ -243,6 +251,7 @@ func (s *Server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.conns[c] = struct{}{}
+	s.activity.Add(1)
 	s.metrics.active.Inc()
 	s.metrics.total.Inc()
 	return s.drain == nil
@@ -257,6 +266,7 @@ func (s *Server) untrack(c *conn, lifetime time.Duration) {
 	}
 	s.mu.Unlock()
 	s.metrics.active.Dec()
+	s.activity.Add(1)
 	s.metrics.duration.Observe(lifetime.Seconds())
 	s.slots.Add(-1)
 }
@@ -378,6 +388,11 @@ func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.List
 	mux.Handle("/metrics", s.MetricsHandler())
 	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
+	if s.cfg.ReleaseMemoryAfter > 0 {
+		releaseCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		go s.releaseWhenQuiet(releaseCtx, s.cfg.ReleaseMemoryAfter, releaseMemory)
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- fmt.Errorf("websocket listener: %w", main.Serve(wsListener)) }()
 	go func() { errc <- fmt.Errorf("metrics listener: %w", metricsSrv.Serve(metricsListener)) }()
@@ -402,4 +417,38 @@ func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.List
 		serveErr = nil
 	}
 	return serveErr
+}
+
+// releaseWhenQuiet calls release once the server has been quiet for a whole period after some
+// activity. A burst of messages or of new connections (their handshakes) leaves memory behind that idle connections do not need: message and
+// write buffers in pools, and garbage. Pools are emptied and garbage freed only by garbage
+// collections, which an idle server, allocating nothing, does not trigger (the runtime forces one
+// every two minutes), and freed memory goes back to the operating system only gradually; until then
+// it counts in the pod's memory as if every connection still used it.
+func (s *Server) releaseWhenQuiet(ctx context.Context, period time.Duration, release func()) {
+	last := s.activity.Load()
+	released := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.clock.After(period):
+		}
+		now := s.activity.Load()
+		switch {
+		case now != last:
+			released = false
+		case !released:
+			release()
+			released = true
+		}
+		last = now
+	}
+}
+
+// releaseMemory empties the pools (they keep their contents through one collection), frees the
+// garbage and returns the free memory to the operating system.
+func releaseMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }

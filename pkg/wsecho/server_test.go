@@ -3,6 +3,7 @@ package wsecho
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,11 +11,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func TestEcho(t *testing.T) {
@@ -591,6 +594,45 @@ func TestMessagesBufferedTogetherAreAllEchoed(t *testing.T) {
 				if string(body) != want {
 					t.Fatalf("echo = %q, want %q", body, want)
 				}
+			}
+		})
+	}
+}
+
+func TestReleaseWhenQuiet(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
+	s := New(testConfig(), clk)
+	var releases atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		s.releaseWhenQuiet(ctx, 10*time.Second, func() { releases.Add(1) })
+	}()
+	defer func() { cancel(); <-stopped }()
+
+	steps := []struct {
+		name     string
+		activity uint64 // messages and connections during the period
+		want     int32  // releases so far, after the period
+	}{
+		{name: "quiet from the start: nothing to release", want: 0},
+		{name: "traffic", activity: 3000, want: 0},
+		{name: "still traffic", activity: 10, want: 0},
+		{name: "first quiet period after traffic", want: 1},
+		{name: "still quiet: released already", want: 1},
+		{name: "one connection ends", activity: 1, want: 1},
+		{name: "quiet again", want: 2},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			waitForWaiter(t, clk)
+			s.activity.Add(st.activity)
+			clk.Step(10 * time.Second)
+			// The check runs after the step; it is done once the loop waits again.
+			waitForWaiter(t, clk)
+			if got := releases.Load(); got != st.want {
+				t.Errorf("%d releases, want %d", got, st.want)
 			}
 		})
 	}

@@ -26,6 +26,7 @@ type ServerOptions struct {
 	DrainTimeout         time.Duration
 	ShutdownDelay        time.Duration
 	CloseGrace           time.Duration
+	ReleaseMemoryAfter   time.Duration
 	AllowedOrigins       string
 	MaxMessageBytes      int64
 	DrainLabelsFile      string
@@ -48,6 +49,7 @@ func NewServerOptions(getenv func(string) (string, bool)) *ServerOptions {
 		DrainTimeout:       30 * time.Second,
 		ShutdownDelay:      5 * time.Second,
 		CloseGrace:         2 * time.Second,
+		ReleaseMemoryAfter: 10 * time.Second,
 		MaxMessageBytes:    65536,
 		DrainPoll:          time.Second,
 	}
@@ -80,6 +82,7 @@ func (o *ServerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Window over which connections are closed (1001) when draining (env DRAIN_TIMEOUT).")
 	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "After SIGTERM, how long to stay unready but still accept upgrades before draining, while endpoints stop sending clients; 0 if a preStop hook already waits (env SHUTDOWN_DELAY).")
 	fs.DurationVar(&o.CloseGrace, "close-grace", o.CloseGrace, "How long to wait for a client's close frame after sending one.")
+	fs.DurationVar(&o.ReleaseMemoryAfter, "release-memory-after", o.ReleaseMemoryAfter, "After traffic, once no message has arrived and no connection opened or ended for this long, return the memory the traffic left behind (buffers, garbage) to the operating system; 0 never does.")
 	fs.StringVar(&o.AllowedOrigins, "allowed-origins", o.AllowedOrigins, "Comma-separated browser origins allowed to connect (scheme://host[:port], scheme://*.domain, or *). Empty: clients without Origin and same-origin pages only (env ALLOWED_ORIGINS).")
 	fs.Int64Var(&o.MaxMessageBytes, "max-message-bytes", o.MaxMessageBytes, "Largest message accepted; larger ones close the connection with 1009 (env MAX_MESSAGE_BYTES).")
 	fs.StringVar(&o.DrainLabelsFile, "drain-labels-file", o.DrainLabelsFile, "Downward-API file of the pod's metadata.labels; the server drains while it holds wsscale.io/drain=\"true\" and serves again when the label is removed (env DRAIN_LABELS_FILE).")
@@ -116,6 +119,9 @@ func (o *ServerOptions) Validate() []error {
 	}
 	if o.ShutdownDelay < 0 {
 		errs = append(errs, fmt.Errorf("SHUTDOWN_DELAY (--shutdown-delay): must not be negative, got %v", o.ShutdownDelay))
+	}
+	if o.ReleaseMemoryAfter < 0 {
+		errs = append(errs, fmt.Errorf("--release-memory-after: must not be negative, got %v", o.ReleaseMemoryAfter))
 	}
 	if o.MaxMessageBytes < 1 {
 		errs = append(errs, fmt.Errorf("MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1, got %d", o.MaxMessageBytes))
@@ -160,17 +166,18 @@ func (o *ServerOptions) Config() (wsecho.Config, error) {
 		readTimeout = 2 * o.pingInterval()
 	}
 	return wsecho.Config{
-		MaxConnections:   o.MaxConnections,
-		MaxMessageBytes:  o.MaxMessageBytes,
-		PingInterval:     o.pingInterval(),
-		ReadTimeout:      readTimeout,
-		WriteTimeout:     o.WriteTimeout,
-		HandshakeTimeout: o.HandshakeTimeout,
-		DrainTimeout:     o.DrainTimeout,
-		ShutdownDelay:    o.ShutdownDelay,
-		CloseGrace:       o.CloseGrace,
-		RetryAfter:       5 * time.Second,
-		Origins:          origins,
+		MaxConnections:     o.MaxConnections,
+		MaxMessageBytes:    o.MaxMessageBytes,
+		PingInterval:       o.pingInterval(),
+		ReadTimeout:        readTimeout,
+		WriteTimeout:       o.WriteTimeout,
+		HandshakeTimeout:   o.HandshakeTimeout,
+		DrainTimeout:       o.DrainTimeout,
+		ShutdownDelay:      o.ShutdownDelay,
+		CloseGrace:         o.CloseGrace,
+		ReleaseMemoryAfter: o.ReleaseMemoryAfter,
+		RetryAfter:         5 * time.Second,
+		Origins:            origins,
 	}, nil
 }
 
