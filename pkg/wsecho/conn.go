@@ -21,15 +21,15 @@ import (
 // close frame before the peer reads it.
 const maxLingerBytes = 1 << 20
 
-// conn is one WebSocket connection. Its reader goroutine (serve), or the echo goroutine it waits for,
-// is the only one that reads and the only one that writes data messages; pings and close frames are control frames that gorilla allows
-// from other goroutines.
+// conn is one WebSocket connection. Its reader goroutine (serve), or the echo goroutine it waits
+// for, is the only one that reads and the only one that writes data messages; pings and close frames
+// are control frames that gorilla allows from other goroutines.
 //
 // Idle connections are what this server holds most of, so an idle one costs as little as possible:
 // between messages its reader waits for readability in a shallow call (not inside gorilla's frame
-// reader), so that the garbage collector can shrink its stack to the minimum; pong frames, the only
-// traffic of an idle connection, are consumed there without entering gorilla; the read buffer is
-// small and write buffers are pooled.
+// reader) and leaves the deep work of a message to a short-lived goroutine, so that its own stack
+// stays at the minimum; pong frames, the only traffic of an idle connection, are consumed there
+// without entering gorilla; the read buffer is small and write buffers are pooled.
 type conn struct {
 	srv     *Server
 	ws      *websocket.Conn
