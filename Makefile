@@ -7,9 +7,11 @@ BIN := bin
 
 all: build
 
-## build: compile every binary of the product into bin/.
+## build: compile every binary of the product into bin/ (cmd/echo as bin/wsecho).
+# cmd/echo is installed as wsecho, so that `wsecho load` is not the shell's builtin echo.
 build:
 	$(GO) build -o $(BIN)/ ./cmd/...
+	mv -f $(BIN)/echo $(BIN)/wsecho
 
 ## demo: the README's main command.
 demo:
@@ -71,14 +73,14 @@ verify-crds: controller-gen
 	if ! diff -r "$$tmp/rbac" $(RBAC_DIR); then stale=1; fi; \
 	if [ $$stale = 1 ]; then echo "generated API files are stale: run 'make update-crds'"; exit 1; fi
 
-## bench-echo: benchmark cmd/echo against a Node.js ws echo server side by side (docs/benchmarks.md).
+## bench-echo: benchmark the reference server (wsecho) against a Node.js ws echo server side by side (docs/benchmarks.md).
 .PHONY: bench-echo
 bench-echo:
 	hack/bench-echo.sh
 
 ## echo-run: run the reference WebSocket server locally on :8080 (metrics on :9090).
 echo-run: build
-	$(BIN)/echo
+	$(BIN)/wsecho
 
 clean:
 	rm -rf $(BIN)
@@ -98,6 +100,7 @@ tools:
 cluster-up: tools
 	$(GO) build -o $(LOCAL)/bin/localcluster ./test/cmd/localcluster
 	$(GO) build -o $(LOCAL)/bin/ ./cmd/... ./test/cmd/testhost
+	mv -f $(LOCAL)/bin/echo $(LOCAL)/bin/wsecho
 	$(LOCAL)/bin/localcluster up --detach --bin-dir $(LOCAL)/bin --kubeconfig $(LOCAL)/kubeconfig \
 		--pid-file $(LOCAL)/cluster.pid --log-file $(LOCAL)/cluster.log
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks the reference WebSocket server (cmd/echo) against a Node.js echo server built on the npm
-# package ws (hack/bench/node), side by side in one run, with the same load client (echo load):
+# package ws (hack/bench/node), side by side in one run, with the same load client (wsecho load):
 #
-#   1. resident memory per idle connection at BENCH_SMALL and BENCH_LARGE connections;
+#   1. resident memory per idle connection at BENCH_SMALL and BENCH_LARGE connections, for
+#      connections that never sent a message and for connections that exchanged one echo of
+#      BENCH_TRAFFIC_SIZE bytes and then idled (after traffic);
 #   2. echo throughput and round trips with 1,000 connections flooding 1 KiB messages;
 #   3. the most connections each server holds with its limits raised.
 #
@@ -29,6 +31,7 @@ large=${BENCH_LARGE:-19000}       # the most one process can hold under RLIMIT_N
 rate=${BENCH_RATE:-2000}          # new connections per second, over all load client processes
 idle=${BENCH_IDLE:-30}            # seconds held idle before memory is read: at least two ping rounds
 ping_ms=${BENCH_PING_MS:-10000}   # keep-alive ping interval of both servers
+traffic_size=${BENCH_TRAFFIC_SIZE:-1024} # the one message of an "after traffic" connection
 flood_conns=${BENCH_FLOOD_CONNS:-1000}
 flood_secs=${BENCH_FLOOD:-20}
 flood_size=${BENCH_FLOOD_SIZE:-1024}
@@ -110,8 +113,8 @@ done
 command -v node >/dev/null || die "node is not installed (Node.js 18 or later is needed for the peer)"
 command -v npm >/dev/null || die "npm is not installed"
 
-log "building bin/echo"
-go build -o bin/ ./cmd/echo
+log "building bin/wsecho (cmd/echo)"
+go build -o bin/wsecho ./cmd/echo
 log "installing the pinned ws package (npm ci)"
 (cd hack/bench/node && npm ci --no-audit --no-fund --prefer-offline --loglevel=error >/dev/null)
 
@@ -135,7 +138,7 @@ cat >"$out/machine.json" <<EOF
   "nofileRaise": $(json_str "$raise_error"),
   "somaxconn": $(cat /proc/sys/net/core/somaxconn),
   "settings": {"small": $small, "large": $large, "rate": $rate, "idleSeconds": $idle, "pingMs": $ping_ms,
-    "floodConnections": $flood_conns, "floodSeconds": $flood_secs, "floodMessageBytes": $flood_size,
+    "trafficMessageBytes": $traffic_size, "floodConnections": $flood_conns, "floodSeconds": $flood_secs, "floodMessageBytes": $flood_size,
     "maxTarget": $max_target, "connectionsPerClientProcess": $per_client}
 }
 EOF
@@ -162,7 +165,7 @@ start_server() {
     server_port=$go_port
     env PORT="$go_port" METRICS_PORT="$go_metrics_port" BIND_ADDRESS=127.0.0.1 \
       MAX_CONNECTIONS=1000000 PING_INTERVAL="$ping_ms" DRAIN_TIMEOUT=2s MAX_MESSAGE_BYTES=65536 "$@" \
-      bin/echo >"$out/$name.server.log" 2>&1 &
+      bin/wsecho >"$out/$name.server.log" 2>&1 &
   else
     server_port=$node_port
     env PORT="$node_port" BIND_ADDRESS=127.0.0.1 PING_INTERVAL="$ping_ms" MAX_MESSAGE_BYTES=65536 "$@" \
@@ -196,7 +199,7 @@ start_load() {
   for ((i = 0; i < procs; i++)); do
     n=$((left / (procs - i)))
     left=$((left - n))
-    bin/echo load --url "ws://127.0.0.1:$server_port/ws" -c "$n" \
+    bin/wsecho load --url "ws://127.0.0.1:$server_port/ws" -c "$n" \
       --rate "$(awk -v r="$rate" -v p="$procs" 'BEGIN {printf "%g", r / p}')" -q -o json "$@" \
       >"$out/$name.client$i.json" 2>"$out/$name.client$i.log" &
     load_pids+=("$!")
@@ -241,13 +244,18 @@ wait_open() {
 }
 
 # --- 1. memory per idle connection --------------------------------------------------------------
-# measure_memory KIND ID LABEL CONNECTIONS [VAR=value...]
+# measure_memory KIND ID LABEL CONNECTIONS [VAR=value...]; with traffic=1 in its environment each
+# connection first exchanges one message (sent within 2 s of opening) and then idles.
 measure_memory() {
   local kind=$1 id=$2 label=$3 n=$4 name base_rss base_fds base_heap=null base_stack=null
-  local rss peak held heap=null stack=null
+  local rss peak held heap=null stack=null state=never-sent load_args=()
   shift 4
-  name="memory-$id-$n"
-  log "memory: $label, $n idle connections at $rate/s, held ${idle}s"
+  if [[ ${traffic:-0} == 1 ]]; then
+    state=after-traffic
+    load_args=(--message-interval 2s --messages 1 --message-size "$traffic_size")
+  fi
+  name="memory-$id-$state-$n"
+  log "memory: $label, $n idle connections ($state) at $rate/s, held ${idle}s"
   start_server "$kind" "$name" "$@"
   base_rss=$(rss_kib "$server_pid")
   base_fds=$(fd_count "$server_pid")
@@ -255,7 +263,7 @@ measure_memory() {
     base_heap=$(go_metric go_memstats_heap_inuse_bytes)
     base_stack=$(go_metric go_memstats_stack_inuse_bytes)
   fi
-  start_load "$name" "$n" -d 0
+  start_load "$name" "$n" -d 0 "${load_args[@]}"
   wait_open "$n" "$base_fds" $((n / rate + 60))
   sleep "$idle"
   rss=$(rss_kib "$server_pid")
@@ -268,7 +276,7 @@ measure_memory() {
   finish_load TERM
   stop_server
   cat >"$out/$name.json" <<EOF
-{"phase": "memory", "server": "$kind", "label": $(json_str "$label"), "target": $n, "held": $held,
+{"phase": "memory", "server": "$kind", "label": $(json_str "$label"), "state": "$state", "target": $n, "held": $held,
  "loadavgAtStart": $(json_str "$server_loadavg"),
  "baselineRssKiB": $base_rss, "loadedRssKiB": $rss, "peakRssKiB": $peak,
  "baselineHeapInuse": $base_heap, "loadedHeapInuse": $heap,
@@ -327,15 +335,16 @@ EOF
   log "max: $label held $held"
 }
 
-go_label="cmd/echo (Go)"
+go_label="wsecho (Go)"
 node_label="Node.js ws $ws_version"
 if [[ " $phases " == *" memory "* ]]; then
-  measure_memory go go "$go_label" "$small"
-  measure_memory node node "$node_label" "$small"
-  measure_memory go go-gogc50 "$go_label, GOGC=50" "$small" GOGC=50
-  measure_memory go go "$go_label" "$large"
-  measure_memory node node "$node_label" "$large"
-  measure_memory go go-gogc50 "$go_label, GOGC=50" "$large" GOGC=50
+  for n in "$small" "$large"; do
+    measure_memory go go "$go_label" "$n"
+    measure_memory node node "$node_label" "$n"
+    traffic=1 measure_memory go go "$go_label" "$n"
+    traffic=1 measure_memory node node "$node_label" "$n"
+    measure_memory go go-gogc50 "$go_label, GOGC=50" "$n" GOGC=50
+  done
 fi
 if [[ " $phases " == *" throughput "* ]]; then
   measure_throughput go "$go_label"

@@ -15,7 +15,7 @@ ns=wsscale-demo
 kubeconfig=.local/kubeconfig
 
 make --no-print-directory cluster-up
-go build -o bin/ ./cmd/echo
+go build -o bin/wsecho ./cmd/echo
 kubectl=.local/bin/kubectl # pinned with the control plane, built by cluster-up
 k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
@@ -36,16 +36,16 @@ show_pods() {
 }
 
 echo "== $connections clients through 127.0.0.1:$node_port, each sending a message every second"
-./bin/echo load --url "ws://127.0.0.1:$node_port/ws" -c "$connections" --rate 500 \
+./bin/wsecho load --url "ws://127.0.0.1:$node_port/ws" -c "$connections" --rate 500 \
   --message-interval 1s --reconnect -d 70s --progress-interval 5s > .local/demo-load.txt &
 load=$!
 trap 'kill $load 2>/dev/null || true' EXIT
 sleep 12
 echo "== connections per pod, from /apis/custom.metrics.k8s.io"
 show_pods
-echo "== scale to 2 replicas: the pod that goes drains (1001 closes over 10s), its clients reconnect"
+echo "== scale to 2 replicas: the pod that goes drains (after a 3s shutdown delay, 1001 closes over 10s), its clients reconnect"
 k -n "$ns" scale deployment/echo --replicas=2
-sleep 16
+sleep 19
 echo "== after the drain"
 show_pods
 echo "== an HPA takes over: 300 connections per pod on average (hack/demo/hpa.yaml)"
@@ -63,6 +63,6 @@ The cluster keeps running; with the clients gone the HPA scales back to its mini
 stabilisation window. Try:
   $kubectl --kubeconfig $kubeconfig -n $ns describe hpa echo
   $kubectl --kubeconfig $kubeconfig get --raw /apis/custom.metrics.k8s.io/v1beta2/namespaces/$ns/pods/*/websocket_connections
-  ./bin/echo load --url ws://127.0.0.1:$node_port/ws -c 100 -d 30s
+  ./bin/wsecho load --url ws://127.0.0.1:$node_port/ws -c 100 -d 30s
 Stop it with: make cluster-down
 MSG

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -21,11 +22,11 @@ import (
 var echoBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "echo-bin-")
+	dir, err := os.MkdirTemp("", "wsecho-bin-")
 	if err != nil {
 		panic(err)
 	}
-	echoBin = filepath.Join(dir, "echo")
+	echoBin = filepath.Join(dir, "wsecho")
 	build := exec.Command("go", "build", "-o", echoBin, ".")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
@@ -61,7 +62,7 @@ func startEcho(t *testing.T, env ...string) *process {
 	p := &process{port: freePort(t), mport: freePort(t), out: &bytes.Buffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(echoBin, "--bind-address=127.0.0.1")
 	p.cmd.Env = append(os.Environ(), append([]string{
-		"PORT=" + strconv.Itoa(p.port), "METRICS_PORT=" + strconv.Itoa(p.mport),
+		"PORT=" + strconv.Itoa(p.port), "METRICS_PORT=" + strconv.Itoa(p.mport), "SHUTDOWN_DELAY=0",
 	}, env...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if err := p.cmd.Start(); err != nil {
@@ -128,6 +129,26 @@ func connectClients(t *testing.T, port, n int) <-chan closeRecord {
 // sent at once, that readiness failed during the drain, and that the process exited 0.
 func expectGracefulDrain(t *testing.T, p *process, closes <-chan closeRecord, n int, spread time.Duration) {
 	t.Helper()
+	expectClosesSpread(t, p, closes, n, spread)
+	expectExit0(t, p)
+}
+
+func expectExit0(t *testing.T, p *process) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		if p.exitErr != nil {
+			t.Errorf("echo exited with %v, want status 0", p.exitErr)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("echo did not exit after the drain")
+	}
+}
+
+// expectClosesSpread checks that every client got 1001, that the closes were spread out rather than
+// sent at once, and that readiness failed during the drain.
+func expectClosesSpread(t *testing.T, p *process, closes <-chan closeRecord, n int, spread time.Duration) {
+	t.Helper()
 	var first, last time.Time
 	readinessChecked := false
 	for i := 0; i < n; i++ {
@@ -161,14 +182,88 @@ func expectGracefulDrain(t *testing.T, p *process, closes <-chan closeRecord, n 
 	if got := last.Sub(first); got < spread/4 {
 		t.Errorf("closes spanned %v, want them spread over about %v", got, spread)
 	}
+}
+
+// health returns the status of /health, or 0 if the server did not answer.
+func health(p *process) int {
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/health", p.port))
+	if err != nil {
+		return 0
+	}
+	_ = resp.Body.Close()
+	return resp.StatusCode
+}
+
+// expectState waits until /health answers want and checks that an upgrade gets wantUpgrade (101 or
+// 503) and that websocket_draining is wantDraining.
+func expectState(t *testing.T, p *process, want, wantUpgrade int, wantDraining string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for health(p) != want {
+		select {
+		case <-p.exited:
+			t.Fatalf("echo exited (%v) while /health should answer %d", p.exitErr, want)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/health = %d, want %d", health(p), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c, resp, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://127.0.0.1:%d/ws", p.port), nil)
+	switch {
+	case wantUpgrade == http.StatusSwitchingProtocols && err != nil:
+		t.Errorf("upgrade failed: %v, want it accepted", err)
+	case wantUpgrade != http.StatusSwitchingProtocols && (err == nil || resp == nil || resp.StatusCode != wantUpgrade):
+		t.Errorf("upgrade: %v (%v), want HTTP %d", resp, err, wantUpgrade)
+	}
+	if c != nil {
+		_ = c.Close()
+	}
+	resp, err = http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", p.mport))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if want := "\nwebsocket_draining " + wantDraining + "\n"; !strings.Contains(string(body), want) {
+		t.Errorf("/metrics lacks %q", strings.TrimSpace(want))
+	}
+}
+
+// expectRunning checks that the process has not exited.
+func expectRunning(t *testing.T, p *process) {
+	t.Helper()
 	select {
 	case <-p.exited:
-		if p.exitErr != nil {
-			t.Errorf("echo exited with %v, want status 0", p.exitErr)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("echo did not exit after the drain")
+		t.Fatalf("echo exited (%v); a drain by label must keep it running", p.exitErr)
+	default:
 	}
+}
+
+// TestSIGTERMWaitsTheShutdownDelay: readiness fails at once on SIGTERM, upgrades are still served
+// during the shutdown delay, and the drain follows.
+func TestSIGTERMWaitsTheShutdownDelay(t *testing.T) {
+	const clients = 10
+	p := startEcho(t, "DRAIN_TIMEOUT=1s", "SHUTDOWN_DELAY=3s")
+	closes := connectClients(t, p.port, clients)
+	sent := time.Now()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	expectState(t, p, http.StatusServiceUnavailable, http.StatusSwitchingProtocols, "0")
+	late := connectClients(t, p.port, 1)
+	if waited := time.Since(sent); waited > 2*time.Second {
+		t.Fatalf("checks took %v, too long to tell the delay apart", waited)
+	}
+	expectClosesSpread(t, p, closes, clients, 800*time.Millisecond)
+	if r := <-late; r.code != websocket.CloseGoingAway {
+		t.Errorf("client accepted during the delay got close code %d, want 1001", r.code)
+	}
+	if waited := time.Since(sent); waited < 3*time.Second {
+		t.Errorf("drain done %v after SIGTERM, before the 3s shutdown delay", waited)
+	}
+	expectExit0(t, p)
 }
 
 func TestDrainOnSIGTERM(t *testing.T) {
@@ -182,24 +277,78 @@ func TestDrainOnSIGTERM(t *testing.T) {
 	expectGracefulDrain(t, p, closes, clients, 1600*time.Millisecond)
 }
 
-func TestDrainOnAnnotation(t *testing.T) {
+// TestDrainFollowsTheLabel drains by label, serves again when the label goes, drains again, and
+// exits only on SIGTERM. The annotations file has the same meaning.
+func TestDrainFollowsTheLabel(t *testing.T) {
+	for _, file := range []struct{ env, name string }{{"DRAIN_LABELS_FILE", "labels"}, {"DRAIN_ANNOTATIONS_FILE", "annotations"}} {
+		t.Run(file.name, func(t *testing.T) {
+			const clients = 20
+			dir := t.TempDir()
+			writeVolume(t, dir, file.name, "app=\"echo\"\n")
+			p := startEcho(t, "DRAIN_TIMEOUT=2s", file.env+"="+filepath.Join(dir, file.name))
+			closes := connectClients(t, p.port, clients)
+
+			writeVolume(t, dir, file.name, "app=\"echo\"\nwsscale.io/drain=\"true\"\n")
+			expectClosesSpread(t, p, closes, clients, 1600*time.Millisecond)
+			// Drained, and still up: unready, refusing upgrades.
+			time.Sleep(500 * time.Millisecond)
+			expectRunning(t, p)
+			expectState(t, p, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "1")
+
+			// The label goes: the server serves again.
+			writeVolume(t, dir, file.name, "app=\"echo\"\n")
+			expectState(t, p, http.StatusOK, http.StatusSwitchingProtocols, "0")
+
+			// Marked again: the new clients are drained in turn.
+			closes = connectClients(t, p.port, clients)
+			writeVolume(t, dir, file.name, "wsscale.io/drain=\"true\"\n")
+			expectClosesSpread(t, p, closes, clients, 1600*time.Millisecond)
+			expectRunning(t, p)
+			expectState(t, p, http.StatusServiceUnavailable, http.StatusServiceUnavailable, "1")
+
+			// Only SIGTERM ends it.
+			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				t.Fatal(err)
+			}
+			expectExit0(t, p)
+		})
+	}
+}
+
+// TestSIGTERMDuringLabelDrain: SIGTERM in the middle of a drain by label keeps the drain's schedule
+// and exits 0 once it is done; removing the label then changes nothing.
+func TestSIGTERMDuringLabelDrain(t *testing.T) {
 	const clients = 20
 	dir := t.TempDir()
-	writeVolume(t, dir, "app=\"echo\"\n")
-	p := startEcho(t, "DRAIN_TIMEOUT=2s", "DRAIN_ANNOTATIONS_FILE="+filepath.Join(dir, "annotations"))
+	writeVolume(t, dir, "labels", "app=\"echo\"\n")
+	p := startEcho(t, "DRAIN_TIMEOUT=3s", "DRAIN_LABELS_FILE="+filepath.Join(dir, "labels"))
 	closes := connectClients(t, p.port, clients)
-	writeVolume(t, dir, "app=\"echo\"\nwsscale.io/drain=\"true\"\n")
-	expectGracefulDrain(t, p, closes, clients, 1600*time.Millisecond)
+	writeVolume(t, dir, "labels", "wsscale.io/drain=\"true\"\n")
+	select {
+	case first := <-closes:
+		if first.code != websocket.CloseGoingAway {
+			t.Errorf("client got close code %d, want 1001", first.code)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the label did not start a drain")
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	writeVolume(t, dir, "labels", "app=\"echo\"\n")
+	// 3s window less the close grace (at most a fifth): the rest of the 2.4s spread.
+	expectClosesSpread(t, p, closes, clients-1, 1200*time.Millisecond)
+	expectExit0(t, p)
 }
 
 // writeVolume updates a downward-API volume the way the kubelet does (atomic ..data symlink swap).
-func writeVolume(t *testing.T, dir, content string) {
+func writeVolume(t *testing.T, dir, name, content string) {
 	t.Helper()
 	ts, err := os.MkdirTemp(dir, "..ts_")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(ts, "annotations"), []byte(content), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(ts, name), []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	tmp := filepath.Join(dir, "..data_tmp")
@@ -209,9 +358,9 @@ func writeVolume(t *testing.T, dir, content string) {
 	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	link := filepath.Join(dir, "annotations")
+	link := filepath.Join(dir, name)
 	if _, err := os.Lstat(link); os.IsNotExist(err) {
-		if err := os.Symlink("..data/annotations", link); err != nil {
+		if err := os.Symlink("..data/"+name, link); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1,4 +1,5 @@
-// Command echo is the reference WebSocket server of wsscale, and its load client (echo load).
+// Command echo is the reference WebSocket server of wsscale, and its load client (wsecho load). It is
+// installed as wsecho, so that `wsecho load` is not the shell's builtin echo.
 package main
 
 import (
@@ -13,7 +14,7 @@ import (
 func main() {
 	defer klog.Flush()
 	if err := app.NewEchoCommand(app.SignalContext()).Execute(); err != nil {
-		fmt.Fprintf(os.Stderr, "echo: %v\n", err)
+		fmt.Fprintf(os.Stderr, "wsecho: %v\n", err)
 		klog.Flush()
 		os.Exit(1)
 	}

@@ -70,33 +70,40 @@ p(`### Resident memory per idle connection`);
 p();
 p(
   `Connections opened at ${int(s.rate)}/s, then held idle for ${s.idleSeconds} s (both servers ping every ` +
-    `${s.pingMs / 1000} s); per connection = (RSS loaded − RSS before) / connections held.`,
+    `${s.pingMs / 1000} s); per connection = (RSS loaded − RSS before) / connections held. State: ` +
+    `never-sent connections sent no message; after-traffic connections each exchanged one ` +
+    `${int(s.trafficMessageBytes || 0)}-byte echo within 2 s of opening, then idled.`,
 );
 p();
-p('| server | connections held | RSS before | RSS loaded | RSS peak | **RSS per connection** | Go heap + stack per connection | dial errors | abnormal drops |');
-p('|---|---:|---:|---:|---:|---:|---:|---|---:|');
-for (const r of phase('memory').sort((a, b) => a.target - b.target || a.label.localeCompare(b.label))) {
+const state = (r) => r.state || 'never-sent';
+p('| server | state | connections held | RSS before | RSS loaded | RSS peak | **RSS per connection** | Go heap + stack per connection | dial errors | abnormal drops |');
+p('|---|---|---:|---:|---:|---:|---:|---:|---|---:|');
+for (const r of phase('memory').sort(
+  (a, b) => a.target - b.target || state(b).localeCompare(state(a)) || a.label.localeCompare(b.label),
+)) {
   const g = goPerConn(r);
   p(
-    `| ${r.label} | ${int(r.held)} of ${int(r.target)} | ${fixed(r.baselineRssKiB / KiB)} MiB | ` +
+    `| ${r.label} | ${state(r)} | ${int(r.held)} of ${int(r.target)} | ${fixed(r.baselineRssKiB / KiB)} MiB | ` +
       `${fixed(r.loadedRssKiB / KiB)} MiB | ${fixed(r.peakRssKiB / KiB)} MiB | **${fixed(perConn(r) / KiB)} KiB** | ` +
       `${g === null ? '–' : fixed(g / KiB) + ' KiB'} | ${merged(r, 'dialErrors')} | ${int(sum(r, 'abnormalDrops'))}${missing(r)} |`,
   );
 }
 p();
-const headline = (server, n) =>
-  phase('memory').find((r) => r.server === server && r.target === n && !r.label.includes('GOGC'));
+const headline = (server, n, st) =>
+  phase('memory').find((r) => r.server === server && r.target === n && state(r) === st && !r.label.includes('GOGC'));
 for (const n of [s.small, s.large]) {
-  const g = headline('go', n);
-  const nd = headline('node', n);
-  if (g && nd) p(`- At ${int(n)} connections the Node.js peer uses **${fixed(perConn(nd) / perConn(g))}×** the memory per connection of cmd/echo.`);
+  for (const st of ['never-sent', 'after-traffic']) {
+    const g = headline('go', n, st);
+    const nd = headline('node', n, st);
+    if (g && nd) p(`- At ${int(n)} connections (${st}) the Node.js peer uses **${fixed(perConn(nd) / perConn(g))}×** the memory per connection of wsecho.`);
+  }
 }
 p();
 p('Extrapolation, not measured: baseline + per-connection figure at the largest measured count × N.');
 p();
 p('| server | per connection | 50,000 connections | 100,000 connections |');
 p('|---|---:|---:|---:|');
-for (const r of phase('memory').filter((r) => r.target === s.large)) {
+for (const r of phase('memory').filter((r) => r.target === s.large && state(r) === 'never-sent')) {
   const at = (n) => `≈ ${fixed((r.baselineRssKiB * KiB + perConn(r) * n) / MiB, 0)} MiB`;
   p(`| ${r.label} | ${fixed(perConn(r) / KiB)} KiB | ${at(50000)} | ${at(100000)} |`);
 }
@@ -128,8 +135,8 @@ for (const r of phase('throughput')) {
 }
 p();
 if (tput.go && tput.node) {
-  p(`- cmd/echo echoes **${fixed(tput.go / tput.node, 2)}×** the messages per second of the Node.js peer.`);
-  p(`- The Node.js peer spends **${fixed(cpuPerMsg.node / cpuPerMsg.go, 2)}×** the CPU time per echoed message of cmd/echo.`);
+  p(`- wsecho echoes **${fixed(tput.go / tput.node, 2)}×** the messages per second of the Node.js peer.`);
+  p(`- The Node.js peer spends **${fixed(cpuPerMsg.node / cpuPerMsg.go, 2)}×** the CPU time per echoed message of wsecho.`);
 }
 p();
 

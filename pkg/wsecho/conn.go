@@ -21,21 +21,26 @@ import (
 // close frame before the peer reads it.
 const maxLingerBytes = 1 << 20
 
-// conn is one WebSocket connection. Its reader goroutine (serve) is the only one that reads and the
-// only one that writes data messages; pings and close frames are control frames that gorilla allows
-// from other goroutines.
+// conn is one WebSocket connection. Its reader goroutine (serve), or the echo goroutine it waits
+// for, is the only one that reads and the only one that writes data messages; pings and close frames
+// are control frames that gorilla allows from other goroutines.
 //
 // Idle connections are what this server holds most of, so an idle one costs as little as possible:
 // between messages its reader waits for readability in a shallow call (not inside gorilla's frame
-// reader), so that the garbage collector can shrink its stack to the minimum; pong frames, the only
-// traffic of an idle connection, are consumed there without entering gorilla; the read buffer is
-// small and write buffers are pooled.
+// reader) and leaves the deep work of a message to a short-lived goroutine, so that its own stack
+// stays at the minimum; pong frames, the only traffic of an idle connection, are consumed there
+// without entering gorilla; the read buffer is small and write buffers are pooled.
 type conn struct {
 	srv     *Server
 	ws      *websocket.Conn
 	br      *bufio.Reader   // gorilla's read buffer
 	raw     syscall.RawConn // to wait for readability without reading
 	started time.Time
+
+	// echoing is waited for by the reader goroutine while echoMessages runs; ended is set by
+	// echoMessages (before Done, so the reader sees it after Wait) when the connection has ended.
+	echoing sync.WaitGroup
+	ended   bool
 
 	mu       sync.Mutex
 	closing  bool        // a close frame was sent, or the connection is being cut
@@ -64,7 +69,6 @@ var _ goingAwayCloser = (*conn)(nil)
 
 func (c *conn) serve() {
 	cfg := &c.srv.cfg
-	defer c.finish()
 	c.ws.SetReadLimit(cfg.MaxMessageBytes)
 	c.extendReadDeadline()
 	c.ws.SetPongHandler(func(string) error {
@@ -79,7 +83,16 @@ func (c *conn) serve() {
 		c.pingTime = c.srv.clock.AfterFunc(first, c.ping)
 	}
 	c.mu.Unlock()
+	c.serveMessages()
+}
 
+// serveMessages waits for messages and has them echoed until the connection ends, and then cleans
+// up. The echo itself runs on a short-lived goroutine while this one waits: reading and writing a
+// message grows a goroutine's stack to 8 KiB, which the garbage collector shrinks, for an idle
+// goroutine, only to 4 KiB, whereas this waiting loop fits in the smallest stack. So a connection
+// that has had traffic costs no more when idle than one that never had.
+func (c *conn) serveMessages() {
+	defer c.finish()
 	for {
 		if err := c.awaitMessage(); err != nil {
 			c.readFailed(err)
@@ -91,35 +104,62 @@ func (c *conn) serve() {
 		} else if empty {
 			continue
 		}
-		kind, r, err := c.ws.NextReader()
-		if err != nil {
-			c.readFailed(err)
+		c.echoing.Add(1)
+		go c.echoMessages()
+		c.echoing.Wait()
+		if c.ended {
 			return
 		}
-		bufp := c.srv.message()
-		msg, err := readMessage(r, (*bufp)[:0])
-		if err != nil {
-			c.srv.bufs.Put(bufp)
-			c.readFailed(err)
-			return
-		}
-		*bufp = msg
-		c.srv.metrics.messagesIn.Inc()
-		if kind == websocket.TextMessage && !utf8.Valid(msg) {
-			c.srv.bufs.Put(bufp)
-			c.fail(ReasonInvalidUTF8, websocket.FormatCloseMessage(websocket.CloseInvalidFramePayloadData, "text message is not valid UTF-8"))
-			return
-		}
-		c.extendReadDeadline()
-		_ = c.ws.SetWriteDeadline(c.srv.clock.Now().Add(cfg.WriteTimeout))
-		err = c.ws.WriteMessage(kind, msg)
-		c.srv.bufs.Put(bufp)
-		if err != nil {
-			c.writeFailed(err)
-			return
-		}
-		c.srv.metrics.messagesOut.Inc()
 	}
+}
+
+// echoMessages echoes the message at the head of the read buffer, and the ones after it that are
+// buffered already. It sets ended if the connection ended.
+func (c *conn) echoMessages() {
+	defer c.echoing.Done()
+	for {
+		if !c.echoMessage() {
+			c.ended = true
+			return
+		}
+		if c.br.Buffered() == 0 {
+			return
+		}
+	}
+}
+
+// echoMessage reads one message and writes it back. It reports false once the connection has ended.
+func (c *conn) echoMessage() bool {
+	kind, r, err := c.ws.NextReader()
+	if err != nil {
+		c.readFailed(err)
+		return false
+	}
+	bufp := c.srv.message()
+	msg, err := readMessage(r, (*bufp)[:0])
+	if err != nil {
+		c.srv.bufs.Put(bufp)
+		c.readFailed(err)
+		return false
+	}
+	*bufp = msg
+	c.srv.metrics.messagesIn.Inc()
+	c.srv.activity.Add(1)
+	if kind == websocket.TextMessage && !utf8.Valid(msg) {
+		c.srv.bufs.Put(bufp)
+		c.fail(ReasonInvalidUTF8, websocket.FormatCloseMessage(websocket.CloseInvalidFramePayloadData, "text message is not valid UTF-8"))
+		return false
+	}
+	c.extendReadDeadline()
+	_ = c.ws.SetWriteDeadline(c.srv.clock.Now().Add(c.srv.cfg.WriteTimeout))
+	err = c.ws.WriteMessage(kind, msg)
+	c.srv.bufs.Put(bufp)
+	if err != nil {
+		c.writeFailed(err)
+		return false
+	}
+	c.srv.metrics.messagesOut.Inc()
+	return true
 }
 
 // awaitMessage returns once the connection has something to read (or failed, or the read deadline
@@ -247,11 +287,14 @@ func (c *conn) writeFailed(err error) {
 	weClosed := c.closing
 	c.mu.Unlock()
 	switch {
-	case weClosed || errors.Is(err, websocket.ErrCloseSent):
+	case errors.Is(err, websocket.ErrCloseSent):
 	case isTimeout(err):
+		// Also after a drain's close frame, which cuts a blocked write short: the client was not
+		// reading either way.
 		c.fail(ReasonWriteTimeout, nil)
 		// A reader blocked on this connection must not wait out its own deadline.
 		c.closeNow()
+	case weClosed:
 	default:
 		c.fail(ReasonAbnormalClosure, nil)
 		c.closeNow()
@@ -276,7 +319,12 @@ func (c *conn) fail(reason string, closeMsg []byte) {
 }
 
 // closeGoingAway sends close 1001 and gives the peer CloseGrace to answer before the reader gives up.
+// The whole close handshake gets CloseGrace (at most WriteTimeout): a write already blocked on a
+// client that stopped reading is cut short to that deadline, so that neither the close frame nor the
+// drain waits a full write timeout for a client that will not read it, and a close frame that cannot
+// be written by then ends the connection.
 func (c *conn) closeGoingAway() {
+	deadline := c.srv.clock.Now().Add(min(c.srv.cfg.CloseGrace, c.srv.cfg.WriteTimeout))
 	c.mu.Lock()
 	if c.closing {
 		c.mu.Unlock()
@@ -284,10 +332,18 @@ func (c *conn) closeGoingAway() {
 	}
 	c.closing = true
 	_ = c.ws.NetConn().SetReadDeadline(c.srv.clock.Now().Add(c.srv.cfg.CloseGrace))
+	// Applies to a data write in progress, which holds gorilla's write lock.
+	_ = c.ws.NetConn().SetWriteDeadline(deadline)
 	c.mu.Unlock()
-	_ = c.ws.WriteControl(websocket.CloseMessage,
-		websocket.FormatCloseMessage(websocket.CloseGoingAway, "server is draining"),
-		c.srv.clock.Now().Add(c.srv.cfg.WriteTimeout))
+	err := c.ws.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(websocket.CloseGoingAway, "server is draining"), deadline)
+	if err != nil && !errors.Is(err, websocket.ErrCloseSent) {
+		if isTimeout(err) {
+			// The client was not reading: counted as the slow client it is.
+			c.fail(ReasonWriteTimeout, nil)
+		}
+		c.closeNow()
+	}
 }
 
 // closeNow cuts the TCP connection; the reader returns and finish cleans up.

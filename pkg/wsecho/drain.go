@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -16,9 +17,14 @@ import (
 	"k8s.io/utils/clock"
 )
 
-// DrainAnnotation is the pod annotation that asks a server to drain; ScaleGuard sets it on the pods
-// it is about to remove and the server sees it through a downward-API volume.
-const DrainAnnotation = "wsscale.io/drain"
+// DrainLabel is the pod label that asks a server to drain: ScaleGuard sets it to "true" on the pods it
+// is about to remove and removes it to release them. The server sees it through a downward-API volume
+// of metadata.labels, drains while it is "true" and serves again once it is gone.
+const DrainLabel = "wsscale.io/drain"
+
+// DrainAnnotation is the same marker as a pod annotation, for setups that watch a downward-API file
+// of metadata.annotations instead; it has the same meaning as DrainLabel.
+const DrainAnnotation = DrainLabel
 
 // minDrainStep keeps the drain loop from waking up more often than this when connections are many.
 const minDrainStep = 5 * time.Millisecond
@@ -44,15 +50,21 @@ func closeAt(i, n int, spread time.Duration) time.Duration {
 	return time.Duration(int64(spread) * int64(i) / int64(n))
 }
 
-// run sends every victim its close frame on schedule, then waits until idle is closed (all
+// run starts sending every victim its close frame on schedule, without waiting for the frame to be
+// written (closeGoingAway bounds that itself), then waits until idle is closed (all
 // connections gone) or the window has passed, and then calls cutRest for whatever is left.
-func (d drainer) run(victims []goingAwayCloser, idle <-chan struct{}, cutRest func()) {
+//
+// Closing stop abandons the drain: no further close frames, nothing cut.
+func (d drainer) run(victims []goingAwayCloser, idle, stop <-chan struct{}, cutRest func()) {
 	start := d.clock.Now()
 	spread := d.spread()
 	for i := 0; i < len(victims); {
 		elapsed := d.clock.Since(start)
 		for i < len(victims) && closeAt(i, len(victims), spread) <= elapsed {
-			victims[i].closeGoingAway()
+			// A close frame can wait for a client that stopped reading (the write lock, a full
+			// socket buffer); it must not delay the closes after it. Each one is bounded by its
+			// own short deadline, so these goroutines end within that deadline.
+			go victims[i].closeGoingAway()
 			i++
 		}
 		if i == len(victims) {
@@ -67,6 +79,8 @@ func (d drainer) run(victims []goingAwayCloser, idle <-chan struct{}, cutRest fu
 		case <-idle:
 			// Everyone left on their own.
 			return
+		case <-stop:
+			return
 		}
 	}
 	remaining := d.window - d.clock.Since(start)
@@ -75,31 +89,43 @@ func (d drainer) run(victims []goingAwayCloser, idle <-chan struct{}, cutRest fu
 	}
 	select {
 	case <-idle:
+	case <-stop:
 	case <-d.clock.After(remaining):
 		cutRest()
 	}
 }
 
-// WatchAnnotations polls a downward-API annotations file and calls onDrain once, as soon as it holds
-// wsscale.io/drain="true". It returns when that happened or ctx is done. Polling (rather than
-// inotify) follows the kubelet's atomic symlink swaps without special cases. A missing or unreadable
-// file is logged once and polled again: the volume may appear after the process starts.
-func WatchAnnotations(ctx context.Context, path string, every time.Duration, clk clock.Clock, onDrain func()) {
-	var lastErr string
+// WatchDrainFiles polls downward-API files (metadata.labels, metadata.annotations) and calls
+// setDrain(true) when one of them starts to hold wsscale.io/drain="true", and setDrain(false) when none
+// holds it any more. It starts from "not draining" and returns when ctx is done. Polling (rather than
+// inotify) follows the kubelet's atomic symlink swaps without special cases. A file that is missing
+// or unreadable keeps its last state and is polled again (the volume may appear after the process
+// starts); the error is logged once.
+func WatchDrainFiles(ctx context.Context, paths []string, every time.Duration, clk clock.Clock, setDrain func(bool)) {
+	marked := make([]bool, len(paths))    // the last state read from each file
+	lastErr := make([]string, len(paths)) // the last error logged for each file
+	draining := false
 	for {
-		drain, err := drainRequested(path)
-		switch {
-		case err != nil:
-			if msg := err.Error(); msg != lastErr {
-				klog.ErrorS(err, "Cannot read the drain annotation; will retry", "path", path)
-				lastErr = msg
+		for i, path := range paths {
+			drain, err := drainRequested(path)
+			if err != nil {
+				if msg := err.Error(); msg != lastErr[i] {
+					klog.ErrorS(err, "Cannot read the drain marker; will retry", "path", path)
+					lastErr[i] = msg
+				}
+				continue
 			}
-		case drain:
-			klog.InfoS("Drain requested by pod annotation", "annotation", DrainAnnotation, "path", path)
-			onDrain()
-			return
-		default:
-			lastErr = ""
+			lastErr[i] = ""
+			marked[i] = drain
+		}
+		if now := slices.Contains(marked, true); now != draining {
+			draining = now
+			if now {
+				klog.InfoS("Drain requested by the pod's drain marker", "key", DrainLabel, "paths", paths)
+			} else {
+				klog.InfoS("Drain marker removed", "key", DrainLabel, "paths", paths)
+			}
+			setDrain(now)
 		}
 		select {
 		case <-ctx.Done():
@@ -112,16 +138,16 @@ func WatchAnnotations(ctx context.Context, path string, every time.Duration, clk
 func drainRequested(path string) (bool, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return false, fmt.Errorf("annotations file %s does not exist", path)
+		return false, fmt.Errorf("downward-API file %s does not exist", path)
 	}
 	if err != nil {
-		return false, fmt.Errorf("read annotations file: %w", err)
+		return false, fmt.Errorf("read downward-API file: %w", err)
 	}
-	annotations, err := ParseDownwardAPIFile(data)
+	entries, err := ParseDownwardAPIFile(data)
 	if err != nil {
-		return false, fmt.Errorf("annotations file %s: %w", path, err)
+		return false, fmt.Errorf("downward-API file %s: %w", path, err)
 	}
-	v, ok := annotations[DrainAnnotation]
+	v, ok := entries[DrainLabel]
 	return ok && strings.EqualFold(strings.TrimSpace(v), "true"), nil
 }
 

@@ -46,6 +46,12 @@ func (ts *testServer) url() string { return "ws://" + ts.addr + "/ws" }
 // startServer runs a server on loopback until the test ends.
 func startServer(t *testing.T, cfg Config) *testServer {
 	t.Helper()
+	return startServerWithClock(t, cfg, clock.RealClock{})
+}
+
+// startServerWithClock runs a server with the given clock on loopback until the test ends.
+func startServerWithClock(t *testing.T, cfg Config, clk clock.WithDelayedExecution) *testServer {
+	t.Helper()
 	wsLis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +62,7 @@ func startServer(t *testing.T, cfg Config) *testServer {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ts := &testServer{
-		Server:      New(cfg, clock.RealClock{}),
+		Server:      New(cfg, clk),
 		addr:        wsLis.Addr().String(),
 		metricsAddr: mLis.Addr().String(),
 		cancel:      cancel,

@@ -3,6 +3,7 @@ package wsecho
 import (
 	"bufio"
 	"context"
+	"io"
 	"net"
 	"runtime"
 	"testing"
@@ -12,15 +13,24 @@ import (
 )
 
 // BenchmarkIdleConnectionMemory measures what one idle WebSocket connection costs the server: live
-// heap and goroutine stack after a garbage collection, per connection. Clients are raw sockets in
-// the same process that hold no goroutine; their own few hundred bytes are measured separately and
-// subtracted.
+// heap and goroutine stack after a garbage collection, per connection, for connections that never
+// sent a message and for connections that exchanged one 2 KiB echo and then went idle. Clients are
+// raw sockets in the same process that hold no goroutine; their own few hundred bytes are measured
+// separately and subtracted.
 //
 //	go test -run '^$' -bench IdleConnectionMemory -benchtime 1x ./pkg/wsecho
 func BenchmarkIdleConnectionMemory(b *testing.B) {
+	b.Run("never-sent", func(b *testing.B) { benchmarkIdleMemory(b, 0) })
+	b.Run("after-traffic", func(b *testing.B) { benchmarkIdleMemory(b, 2048) })
+}
+
+// benchmarkIdleMemory measures idle connections; with messageSize > 0 each one first exchanges one
+// message of that size.
+func benchmarkIdleMemory(b *testing.B, messageSize int) {
 	const conns = 5000
 	cfg := testConfig()
 	cfg.MaxConnections = conns
+	cfg.MaxMessageBytes = 64 << 10
 	cfg.PingInterval = 200 * time.Millisecond // several pings and pongs happen while measuring
 	cfg.ReadTimeout = time.Hour
 	for i := 0; i < b.N; i++ {
@@ -48,6 +58,9 @@ func BenchmarkIdleConnectionMemory(b *testing.B) {
 				rc := &rawConn{Conn: nc, br: bufio.NewReader(nc)}
 				if err := rc.handshake(lis.Addr().String(), ""); err != nil {
 					b.Fatal(err)
+				}
+				if messageSize > 0 {
+					echoOnce(b, rc, messageSize)
 				}
 				rc.br = nil
 				clients = append(clients, rc)
@@ -121,4 +134,15 @@ func holdRawTCP(b *testing.B, n int) []net.Conn {
 	}
 	_ = lis.Close()
 	return out
+}
+
+// echoOnce sends one binary message of size bytes and reads its echo.
+func echoOnce(b *testing.B, rc *rawConn, size int) {
+	if _, err := rc.Write(frame(true, 0, 0x2, true, make([]byte, size))); err != nil {
+		b.Fatal(err)
+	}
+	// The echo: a 4-byte header (126: 16-bit length) and the payload.
+	if _, err := io.CopyN(io.Discard, rc.br, int64(4+size)); err != nil {
+		b.Fatal(err)
+	}
 }

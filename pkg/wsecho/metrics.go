@@ -73,7 +73,7 @@ func newMetrics(reg prometheus.Registerer, maxConnections int) *metrics {
 		}),
 		draining: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "websocket_draining",
-			Help: "1 while the server drains its connections before exiting, else 0.",
+			Help: "1 while the server drains or stays drained (drain label, SIGTERM) and refuses new clients, else 0.",
 		}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "websocket_connection_duration_seconds",

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -41,8 +43,15 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// DrainTimeout is the window over which connections are closed (1001) when the server drains.
 	DrainTimeout time.Duration
+	// ShutdownDelay is how long the server keeps accepting upgrades after SIGTERM, unready, before it
+	// drains: Services and load balancers take a few seconds to stop sending it new clients.
+	ShutdownDelay time.Duration
 	// CloseGrace is how long the server waits for a client's close frame after sending its own.
 	CloseGrace time.Duration
+	// ReleaseMemoryAfter is how long the server must have been quiet (no message, no connection
+	// opened or ended) after traffic before it returns the memory the traffic left behind to the operating
+	// system; 0 never does.
+	ReleaseMemoryAfter time.Duration
 	// RetryAfter is the Retry-After value sent with 503 responses.
 	RetryAfter time.Duration
 	// Origins decides which browser origins may connect.
@@ -63,13 +72,22 @@ type Server struct {
 
 	// slots counts connections open or being upgraded; it is what MaxConnections limits.
 	slots atomic.Int64
+	// activity counts messages and connections opened and ended, for releaseWhenQuiet.
+	activity atomic.Uint64
 
-	mu        sync.Mutex
-	conns     map[*conn]struct{}
-	draining  bool
-	drainOnce sync.Once
-	idle      chan struct{} // closed once draining and no connection is left
-	drained   chan struct{} // closed when the drain has finished
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+	// drain is the drain in progress or finished; nil while the server serves.
+	drain *drainRun
+	// terminating is set for good by Terminate: the drain ends the process and cannot be undone.
+	terminating bool
+}
+
+// drainRun is one drain: from Drain (or Terminate) until Undrain or the end of the process.
+type drainRun struct {
+	stop chan struct{} // closed by Undrain: abandon the schedule, keep the connections not yet closed
+	idle chan struct{} // closed once no connection is left
+	done chan struct{} // closed when the schedule has ended, every connection closed or cut
 }
 
 // New returns a server for cfg. It registers its metrics, together with the Go runtime and process
@@ -83,8 +101,6 @@ func New(cfg Config, clk clock.WithDelayedExecution) *Server {
 		metrics:  newMetrics(reg, cfg.MaxConnections),
 		registry: reg,
 		conns:    make(map[*conn]struct{}),
-		idle:     make(chan struct{}),
-		drained:  make(chan struct{}),
 	}
 	s.upgrader = websocket.Upgrader{
 		HandshakeTimeout: cfg.HandshakeTimeout,
@@ -99,7 +115,8 @@ func New(cfg Config, clk clock.WithDelayedExecution) *Server {
 	return s
 }
 
-// Handler serves /ws (the echo endpoint), /health (readiness: fails while draining) and /livez.
+// Handler serves /ws (the echo endpoint), /health (readiness: fails from SIGTERM on and while
+// draining, never because the server is full) and /livez.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/ws", s.serveWS)
@@ -126,19 +143,34 @@ func (s *Server) Active() int {
 	return len(s.conns)
 }
 
-// Draining reports whether the server has started to drain.
+// Draining reports whether the server is draining (or has drained): it refuses upgrades.
 func (s *Server) Draining() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.draining
+	return s.drain != nil
 }
 
-// Drained is closed once a drain has closed every connection.
-func (s *Server) Drained() <-chan struct{} { return s.drained }
+// Drained returns a channel closed once the current drain has closed every connection (or cut what
+// was left at the end of its window). While the server serves, the channel is nil: it never fires.
+func (s *Server) Drained() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drain == nil {
+		return nil
+	}
+	return s.drain.done
+}
+
+// ready reports whether the server should receive new clients: not while draining or terminating.
+func (s *Server) ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.drain == nil && !s.terminating
+}
 
 func (s *Server) serveReadiness(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	if s.Draining() {
+	if !s.ready() {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		_, _ = w.Write([]byte("draining\n"))
 		return
@@ -219,20 +251,22 @@ func (s *Server) track(c *conn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.conns[c] = struct{}{}
+	s.activity.Add(1)
 	s.metrics.active.Inc()
 	s.metrics.total.Inc()
-	return !s.draining
+	return s.drain == nil
 }
 
 // untrack removes a finished connection and releases its slot.
 func (s *Server) untrack(c *conn, lifetime time.Duration) {
 	s.mu.Lock()
 	delete(s.conns, c)
-	if s.draining && len(s.conns) == 0 {
-		closeOnce(s.idle)
+	if s.drain != nil && len(s.conns) == 0 {
+		closeOnce(s.drain.idle)
 	}
 	s.mu.Unlock()
 	s.metrics.active.Dec()
+	s.activity.Add(1)
 	s.metrics.duration.Observe(lifetime.Seconds())
 	s.slots.Add(-1)
 }
@@ -245,36 +279,90 @@ func closeOnce(ch chan struct{}) {
 	}
 }
 
-// Drain starts a graceful drain, once: readiness fails, new upgrades are refused with 503, and every
-// open connection is closed with 1001 (going away), spread evenly over DrainTimeout so that clients
-// reconnect to other pods gradually instead of all at once. Drained is closed when it is done.
+// Drain starts a graceful drain unless one is in progress or done: readiness fails, new upgrades are
+// refused with 503, and every open connection is closed with 1001 (going away), spread evenly over
+// DrainTimeout so that clients reconnect to other pods gradually instead of all at once. The server
+// then stays up and refuses clients until Undrain or Terminate. Drained is closed when it is done.
 func (s *Server) Drain() {
-	s.drainOnce.Do(func() {
-		s.mu.Lock()
-		s.draining = true
-		victims := make([]goingAwayCloser, 0, len(s.conns))
-		for c := range s.conns {
-			victims = append(victims, c)
-		}
-		if len(s.conns) == 0 {
-			closeOnce(s.idle)
-		}
-		s.mu.Unlock()
-		s.metrics.draining.Set(1)
-		klog.InfoS("Draining WebSocket connections", "connections", len(victims), "window", s.cfg.DrainTimeout)
-		go func() {
-			d := drainer{clock: s.clock, window: s.cfg.DrainTimeout, closeGrace: s.cfg.CloseGrace}
-			d.run(victims, s.idle, s.closeAll)
-			klog.InfoS("Drain finished", "remaining", s.Active())
-			close(s.drained)
-		}()
-	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.startDrainLocked()
 }
 
-// closeAll cuts every connection still open; the drain calls it when its window has run out, after
-// every connection has been sent its close frame.
-func (s *Server) closeAll() {
+func (s *Server) startDrainLocked() {
+	if s.drain != nil {
+		return
+	}
+	run := &drainRun{stop: make(chan struct{}), idle: make(chan struct{}), done: make(chan struct{})}
+	s.drain = run
+	victims := make([]goingAwayCloser, 0, len(s.conns))
+	for c := range s.conns {
+		victims = append(victims, c)
+	}
+	if len(s.conns) == 0 {
+		closeOnce(run.idle)
+	}
+	s.metrics.draining.Set(1)
+	klog.InfoS("Draining WebSocket connections", "connections", len(victims), "window", s.cfg.DrainTimeout)
+	go func() {
+		d := drainer{clock: s.clock, window: s.cfg.DrainTimeout, closeGrace: s.cfg.CloseGrace}
+		d.run(victims, run.idle, run.stop, func() { s.closeAll(run) })
+		klog.InfoS("Drain finished", "remaining", s.Active())
+		close(run.done)
+	}()
+}
+
+// Undrain ends a drain that Drain started: the server is ready again and accepts upgrades, and the
+// connections that have not been sent their close frame yet stay open. It does nothing while the
+// server serves, and nothing after Terminate: only the end of the process ends that drain.
+func (s *Server) Undrain() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drain == nil || s.terminating {
+		return
+	}
+	close(s.drain.stop)
+	s.drain = nil
+	s.metrics.draining.Set(0)
+	klog.InfoS("Drain withdrawn, serving again", "connections", len(s.conns))
+}
+
+// Terminate drains the server for good (the process is about to end) and returns once the drain is
+// done or ctx is done. Readiness fails at once; upgrades are still accepted for ShutdownDelay, while
+// the endpoints catch up, and then the drain starts. A drain by label already in progress or done
+// (the pod is out of the endpoints already) keeps its schedule, without the delay.
+func (s *Server) Terminate(ctx context.Context) {
+	s.mu.Lock()
+	wait := !s.terminating && s.drain == nil && s.cfg.ShutdownDelay > 0
+	s.terminating = true
+	s.mu.Unlock()
+	if wait {
+		klog.InfoS("Shutting down: unready now, draining after the shutdown delay", "delay", s.cfg.ShutdownDelay)
+		select {
+		case <-s.clock.After(s.cfg.ShutdownDelay):
+		case <-ctx.Done():
+			return
+		}
+	}
+	s.mu.Lock()
+	s.startDrainLocked()
+	done := s.drain.done
+	s.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+	}
+}
+
+// closeAll cuts every connection still open; the drain run calls it when its window has run out,
+// after every connection has been sent its close frame. It does nothing if that drain was withdrawn
+// in the meantime: the connections open now are served again.
+func (s *Server) closeAll(run *drainRun) {
+	s.mu.Lock()
+	if s.drain != run {
+		s.mu.Unlock()
+		return
+	}
 	left := make([]*conn, 0, len(s.conns))
 	for c := range s.conns {
 		left = append(left, c)
@@ -285,9 +373,10 @@ func (s *Server) closeAll() {
 	}
 }
 
-// Serve runs the WebSocket and metrics endpoints on the given listeners until the server has drained.
-// A drain starts when ctx is cancelled (SIGTERM) or when Drain is called (drain annotation). Serve
-// returns nil after a completed drain, or the first error of a listener.
+// Serve runs the WebSocket and metrics endpoints on the given listeners until ctx is cancelled
+// (SIGTERM), then terminates the server (shutdown delay, drain) and returns nil, or the first error
+// of a listener.
+// Drains started by Drain (the drain label) do not end it.
 func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.Listener) error {
 	main := &http.Server{
 		Handler:           s.Handler(),
@@ -299,6 +388,11 @@ func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.List
 	mux.Handle("/metrics", s.MetricsHandler())
 	metricsSrv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
+	if s.cfg.ReleaseMemoryAfter > 0 {
+		releaseCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		go s.releaseWhenQuiet(releaseCtx, s.cfg.ReleaseMemoryAfter, releaseMemory)
+	}
 	errc := make(chan error, 2)
 	go func() { errc <- fmt.Errorf("websocket listener: %w", main.Serve(wsListener)) }()
 	go func() { errc <- fmt.Errorf("metrics listener: %w", metricsSrv.Serve(metricsListener)) }()
@@ -308,12 +402,9 @@ func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.List
 	var serveErr error
 	select {
 	case <-ctx.Done():
-		s.Drain()
-	case <-s.drained:
 	case serveErr = <-errc:
-		s.Drain()
 	}
-	<-s.drained
+	s.Terminate(context.Background())
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := main.Shutdown(shutdownCtx); err != nil && serveErr == nil {
@@ -326,4 +417,38 @@ func (s *Server) Serve(ctx context.Context, wsListener, metricsListener net.List
 		serveErr = nil
 	}
 	return serveErr
+}
+
+// releaseWhenQuiet calls release once the server has been quiet for a whole period after some
+// activity. A burst of messages or of new connections (their handshakes) leaves memory behind that idle connections do not need: message and
+// write buffers in pools, and garbage. Pools are emptied and garbage freed only by garbage
+// collections, which an idle server, allocating nothing, does not trigger (the runtime forces one
+// every two minutes), and freed memory goes back to the operating system only gradually; until then
+// it counts in the pod's memory as if every connection still used it.
+func (s *Server) releaseWhenQuiet(ctx context.Context, period time.Duration, release func()) {
+	last := s.activity.Load()
+	released := true
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.clock.After(period):
+		}
+		now := s.activity.Load()
+		switch {
+		case now != last:
+			released = false
+		case !released:
+			release()
+			released = true
+		}
+		last = now
+	}
+}
+
+// releaseMemory empties the pools (they keep their contents through one collection), frees the
+// garbage and returns the free memory to the operating system.
+func releaseMemory() {
+	runtime.GC()
+	debug.FreeOSMemory()
 }

@@ -3,6 +3,7 @@ package wsecho
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,11 +11,13 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 func TestEcho(t *testing.T) {
@@ -85,6 +88,16 @@ func TestConnectionLimit(t *testing.T) {
 	}
 	if got := errorCount(t, ts.Server, ReasonOverCapacity); got != 1 {
 		t.Errorf("over_capacity errors = %v, want 1", got)
+	}
+	// A full pod is not broken: it stays ready. An unready pod is the first one a ReplicaSet
+	// deletes, and counts as unavailable to rollouts and PodDisruptionBudgets.
+	resp, err = http.Get("http://" + ts.addr + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("/health at MAX_CONNECTIONS = %d, want 200", resp.StatusCode)
 	}
 	// The connections already open are not affected.
 	for i, c := range []*websocket.Conn{first, second} {
@@ -321,10 +334,10 @@ func TestHalfOpenPeerIsDropped(t *testing.T) {
 	ts := startServer(t, cfg)
 	// A raw client never answers pings: to the server it looks like a peer that vanished without a FIN.
 	rc := dialRaw(t, ts.addr, "")
-	eventually(t, 10*time.Second, func() bool { return ts.Active() == 0 }, "half-open connection was not dropped")
-	if got := errorCount(t, ts.Server, ReasonReadTimeout); got != 1 {
-		t.Errorf("read_timeout = %v, want 1", got)
-	}
+	// The server tracks the connection only after its 101 response: wait for the drop itself.
+	eventually(t, 10*time.Second, func() bool { return errorCount(t, ts.Server, ReasonReadTimeout) == 1 },
+		"half-open connection was not dropped for its read timeout")
+	eventually(t, 10*time.Second, func() bool { return ts.Active() == 0 }, "half-open connection still counted")
 	if _, err := rc.readClose(5 * time.Second); err != nil && !isClosedWithoutFrame(err) {
 		t.Errorf("connection not closed: %v", err)
 	}
@@ -468,7 +481,7 @@ websocket_connections_max 7
 # HELP websocket_connections_total WebSocket connections accepted since start.
 # TYPE websocket_connections_total counter
 websocket_connections_total 3
-# HELP websocket_draining 1 while the server drains its connections before exiting, else 0.
+# HELP websocket_draining 1 while the server drains or stays drained (drain label, SIGTERM) and refuses new clients, else 0.
 # TYPE websocket_draining gauge
 websocket_draining 0
 # HELP websocket_messages_total WebSocket data messages by direction (in: received from clients, out: sent to clients).
@@ -535,5 +548,92 @@ func TestHealthAndLiveness(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("%s = %d, want %d", path, resp.StatusCode, want)
 		}
+	}
+}
+
+// TestMessagesBufferedTogetherAreAllEchoed sends pongs and messages in one TCP write, so that they
+// arrive in the server's read buffer at once. Between messages the server waits for readability on
+// the socket and consumes pongs from the read buffer itself, which is only right if gorilla reads
+// through that same buffer, the one hijackWriter hands it (gorilla does so when ReadBufferSize is 0
+// and the hijacked reader is larger than 256 bytes). Were gorilla to read through a buffer of its
+// own, the second message would wait in it unseen, and pongs would be taken from a buffer nobody
+// fills.
+func TestMessagesBufferedTogetherAreAllEchoed(t *testing.T) {
+	ts := startServer(t, testConfig())
+	for _, tt := range []struct {
+		name   string
+		frames [][]byte
+		want   []string
+	}{
+		{name: "two messages", frames: [][]byte{
+			frame(true, 0, websocket.TextMessage, true, []byte("one")),
+			frame(true, 0, websocket.TextMessage, true, []byte("two")),
+		}, want: []string{"one", "two"}},
+		{name: "pongs around a message", frames: [][]byte{
+			frame(true, 0, websocket.PongMessage, true, nil),
+			frame(true, 0, websocket.TextMessage, true, []byte("after a pong")),
+			frame(true, 0, websocket.PongMessage, true, []byte("x")),
+			frame(true, 0, websocket.TextMessage, true, []byte("after another")),
+		}, want: []string{"after a pong", "after another"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			rc := dialRaw(t, ts.addr, "")
+			if _, err := rc.Write(bytes.Join(tt.frames, nil)); err != nil {
+				t.Fatal(err)
+			}
+			_ = rc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			for _, want := range tt.want {
+				var hdr [2]byte
+				if _, err := io.ReadFull(rc.br, hdr[:]); err != nil {
+					t.Fatalf("waiting for the echo of %q: %v", want, err)
+				}
+				body := make([]byte, hdr[1]&0x7f)
+				if _, err := io.ReadFull(rc.br, body); err != nil {
+					t.Fatal(err)
+				}
+				if string(body) != want {
+					t.Fatalf("echo = %q, want %q", body, want)
+				}
+			}
+		})
+	}
+}
+
+func TestReleaseWhenQuiet(t *testing.T) {
+	clk := clocktesting.NewFakeClock(time.Unix(1_700_000_000, 0))
+	s := New(testConfig(), clk)
+	var releases atomic.Int32
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		s.releaseWhenQuiet(ctx, 10*time.Second, func() { releases.Add(1) })
+	}()
+	defer func() { cancel(); <-stopped }()
+
+	steps := []struct {
+		name     string
+		activity uint64 // messages and connections during the period
+		want     int32  // releases so far, after the period
+	}{
+		{name: "quiet from the start: nothing to release", want: 0},
+		{name: "traffic", activity: 3000, want: 0},
+		{name: "still traffic", activity: 10, want: 0},
+		{name: "first quiet period after traffic", want: 1},
+		{name: "still quiet: released already", want: 1},
+		{name: "one connection ends", activity: 1, want: 1},
+		{name: "quiet again", want: 2},
+	}
+	for _, st := range steps {
+		t.Run(st.name, func(t *testing.T) {
+			waitForWaiter(t, clk)
+			s.activity.Add(st.activity)
+			clk.Step(10 * time.Second)
+			// The check runs after the step; it is done once the loop waits again.
+			waitForWaiter(t, clk)
+			if got := releases.Load(); got != st.want {
+				t.Errorf("%d releases, want %d", got, st.want)
+			}
+		})
 	}
 }

@@ -37,6 +37,9 @@ type Config struct {
 	MessageInterval time.Duration
 	// Flood makes each connection send its next message as soon as the previous echo arrived.
 	Flood bool
+	// MessagesPerConnection stops a connection's sending after this many messages; it then stays
+	// open, idle (0: no limit). One message then idle is how memory after traffic is measured.
+	MessagesPerConnection int
 	// MessageSize is the size of each message in bytes (at least 8: the send timestamp).
 	MessageSize int
 	// Binary sends binary messages instead of text.
@@ -87,6 +90,9 @@ func (c Config) Validate() []error {
 	}
 	if c.ConnectRate < 0 {
 		errs = append(errs, fmt.Errorf("connect rate must not be negative, got %v", c.ConnectRate))
+	}
+	if c.MessagesPerConnection < 0 {
+		errs = append(errs, fmt.Errorf("messages per connection must not be negative, got %d", c.MessagesPerConnection))
 	}
 	if c.Duration < 0 || c.MessageInterval < 0 {
 		errs = append(errs, errors.New("durations must not be negative"))
@@ -428,7 +434,13 @@ func (r *run) session(ctx context.Context, id int) bool {
 	if r.cfg.Binary {
 		kind = websocket.BinaryMessage
 	}
+	sentHere := 0
 	sendOne := func() bool {
+		if limit := r.cfg.MessagesPerConnection; limit > 0 && sentHere >= limit {
+			send = nil // idle from now on
+			return false
+		}
+		sentHere++
 		putStamp(msg, time.Since(r.start))
 		_ = ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
 		if err := ws.WriteMessage(kind, msg); err != nil {

@@ -183,6 +183,35 @@ func TestRunMeasuresEchoes(t *testing.T) {
 	}
 }
 
+func TestRunStopsSendingAfterMessagesPerConnection(t *testing.T) {
+	es := startEcho(t)
+	for _, tt := range []struct {
+		name  string
+		flood bool
+	}{{name: "interval"}, {name: "flood", flood: true}} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.URL = "ws://" + es.addr + "/ws"
+			cfg.Connections = 10
+			cfg.ConnectRate = 0
+			cfg.MessageInterval = 10 * time.Millisecond
+			cfg.Flood = tt.flood
+			cfg.MessagesPerConnection = 2
+			cfg.Duration = 300 * time.Millisecond
+			res, err := Run(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Sent != 20 || res.Received != 20 {
+				t.Errorf("sent %d, received %d; want 2 per connection", res.Sent, res.Received)
+			}
+			if res.ClosedByClient != 10 || res.AbnormalDrops != 0 {
+				t.Errorf("closed by client %d, drops %d; want the idle connections held to the end", res.ClosedByClient, res.AbnormalDrops)
+			}
+		})
+	}
+}
+
 func TestRunCountsClosesAndDrops(t *testing.T) {
 	tests := []struct {
 		name      string

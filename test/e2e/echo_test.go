@@ -21,9 +21,12 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/ptr"
 
+	"github.com/wsscale/wsscale/pkg/wsecho"
 	"github.com/wsscale/wsscale/pkg/wsload"
 	"github.com/wsscale/wsscale/test/e2e/framework"
 	"github.com/wsscale/wsscale/test/localcluster"
@@ -101,6 +104,99 @@ func TestEchoDeployment(t *testing.T) {
 	keep.stop()
 	if res := <-keep.done; res.err != nil || res.ClosedByClient != int64(keep.connections) {
 		t.Errorf("remaining pod: %+v, %v; want all %d connections open until the client closed them", res.Result, res.err, keep.connections)
+	}
+	if err := client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
+		t.Errorf("delete namespace: %v", err)
+	}
+}
+
+// TestEchoFollowsDrainLabel marks a pod of the demo's Deployment with the drain label, as ScaleGuard
+// does: its clients get 1001, it leaves the Service's endpoints and stays up (not restarted); when
+// the label goes it serves again.
+func TestEchoFollowsDrainLabel(t *testing.T) {
+	c := framework.Cluster(t)
+	client := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+
+	const ns = "e2e-echo-label"
+	deploy, svc := demoManifests(t, ns)
+	deploy.Spec.Replicas = ptr.To[int32](2)
+	svc.Spec.Ports[0].NodePort = 0 // the demo's fixed port may be held by another test's Service
+	createNamespace(ctx, t, client, ns)
+	if _, err := client.AppsV1().Deployments(ns).Create(ctx, deploy, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.CoreV1().Services(ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := waitForReadyPods(ctx, t, client, ns, "app.kubernetes.io/name=echo", 2)
+	waitForEndpoints(ctx, t, client, ns, svc.Name, 2)
+	victim := pods[0]
+	const clients = 10
+	run := startLoad(c, victim.Status.PodIP, clients)
+	waitFor(ctx, t, 30*time.Second, func() (bool, string) {
+		got, err := connectionsActive(ctx, c, victim.Status.PodIP)
+		return err == nil && got == clients, fmt.Sprintf("websocket_connections_active = %v (%v), want %d", got, err, clients)
+	})
+
+	label := func(value *string) {
+		t.Helper()
+		v := "null"
+		if value != nil {
+			v = strconv.Quote(*value)
+		}
+		patch := fmt.Sprintf(`{"metadata":{"labels":{%q:%s}}}`, wsecho.DrainLabel, v)
+		if _, err := client.CoreV1().Pods(ns).Patch(ctx, victim.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatalf("label pod %s: %v", victim.Name, err)
+		}
+	}
+	podIs := func(ready bool, draining float64) {
+		t.Helper()
+		waitFor(ctx, t, time.Minute, func() (bool, string) {
+			p, err := client.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			d, err := podMetric(ctx, c, victim.Status.PodIP, "websocket_draining")
+			return isReady(p) == ready && err == nil && d == draining,
+				fmt.Sprintf("pod %s: %s, websocket_draining %v (%v); want ready=%v, draining %v", p.Name, podState(p), d, err, ready, draining)
+		})
+		waitForEndpoints(ctx, t, client, ns, svc.Name, map[bool]int{true: 2, false: 1}[ready])
+	}
+
+	label(ptr.To("true"))
+	select {
+	case res := <-run.done:
+		if res.err != nil {
+			t.Fatalf("load: %v", res.err)
+		}
+		if got := res.ClosesByCode["1001"]; got != clients || res.AbnormalDrops != 0 {
+			t.Errorf("clients of the labelled pod: closes %v, abnormal drops %d; want %d × 1001 and no drops", res.ClosesByCode, res.AbnormalDrops, clients)
+		}
+	case <-ctx.Done():
+		t.Fatal("clients of the labelled pod were never closed")
+	}
+	podIs(false, 1)
+
+	label(nil)
+	podIs(true, 0)
+	again := startLoad(c, victim.Status.PodIP, 3)
+	waitFor(ctx, t, 30*time.Second, func() (bool, string) {
+		got, err := connectionsActive(ctx, c, victim.Status.PodIP)
+		return err == nil && got == 3, fmt.Sprintf("after the label went: websocket_connections_active = %v (%v), want 3", got, err)
+	})
+	again.stop()
+	<-again.done
+
+	p, err := client.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cs := range p.Status.ContainerStatuses {
+		if cs.RestartCount != 0 {
+			t.Errorf("container %s restarted %d times; a drain by label must not end the server", cs.Name, cs.RestartCount)
+		}
 	}
 	if err := client.CoreV1().Namespaces().Delete(ctx, ns, metav1.DeleteOptions{}); err != nil {
 		t.Errorf("delete namespace: %v", err)
@@ -270,6 +366,11 @@ func startLoad(c *localcluster.Cluster, podIP string, n int) *loadRun {
 
 // connectionsActive reads websocket_connections_active from a pod's /metrics.
 func connectionsActive(ctx context.Context, c *localcluster.Cluster, podIP string) (float64, error) {
+	return podMetric(ctx, c, podIP, "websocket_connections_active")
+}
+
+// podMetric reads one unlabelled series from a pod's /metrics.
+func podMetric(ctx context.Context, c *localcluster.Cluster, podIP, name string) (float64, error) {
 	hc := &http.Client{Transport: &http.Transport{DialContext: c.DialContext}, Timeout: 5 * time.Second}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(podIP, "9090")+"/metrics", nil)
 	if err != nil {
@@ -282,11 +383,11 @@ func connectionsActive(ctx context.Context, c *localcluster.Cluster, podIP strin
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "websocket_connections_active "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
-	return 0, fmt.Errorf("no websocket_connections_active in /metrics of %s", podIP)
+	return 0, fmt.Errorf("no %s in /metrics of %s", name, podIP)
 }
 
 // wscatEcho sends msg with wscat (from the npm registry, installed from test/e2e/node) and expects

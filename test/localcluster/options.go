@@ -92,11 +92,12 @@ func NewOptions() *Options {
 	}
 }
 
-// DefaultImages maps the project's image repositories to the binaries built into binDir:
-// the product's, and wsscale/testhost, the end-to-end tests' own image (test/cmd/testhost).
+// DefaultImages maps the project's image repositories to the binaries built into binDir (as
+// `make cluster-up` builds them): the product's, and wsscale/testhost, the end-to-end tests' own
+// image (test/cmd/testhost).
 func DefaultImages(binDir string) map[string]string {
 	return map[string]string{
-		"wsscale/echo":     filepath.Join(binDir, "echo"),
+		"wsscale/echo":     filepath.Join(binDir, "wsecho"), // built from cmd/echo
 		"wsscale/adapter":  filepath.Join(binDir, "adapter"),
 		"wsscale/testhost": filepath.Join(binDir, "testhost"),
 		// The cluster DNS (CoreDNS, hack/build-module.sh builds it).

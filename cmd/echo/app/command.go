@@ -37,16 +37,20 @@ func SignalContext() context.Context {
 	return ctx
 }
 
-// NewEchoCommand returns the root command: it runs the server; `echo load` runs the load client.
+// NewEchoCommand returns the root command, wsecho: it runs the server; `wsecho load` runs the load
+// client.
 func NewEchoCommand(ctx context.Context) *cobra.Command {
 	o := NewServerOptions(OSEnv)
 	cmd := &cobra.Command{
-		Use:   "echo",
+		Use:   "wsecho",
 		Short: "Reference WebSocket echo server with connection metrics and graceful drain",
-		Long: `echo serves a WebSocket echo endpoint at /ws, readiness at /health, liveness at /livez and
-Prometheus metrics at /metrics on the metrics port. On SIGTERM, or when the pod annotation
-wsscale.io/drain="true" appears in the downward-API file, it drains: readiness fails, new upgrades
-get 503, and open connections are closed with 1001 spread over DRAIN_TIMEOUT; then it exits 0.`,
+		Long: `wsecho serves a WebSocket echo endpoint at /ws, readiness at /health, liveness at /livez and
+Prometheus metrics at /metrics on the metrics port. When the pod label wsscale.io/drain="true"
+appears in the downward-API file DRAIN_LABELS_FILE, it drains: readiness fails, new upgrades get 503,
+and open connections are closed with 1001 spread over DRAIN_TIMEOUT; it then stays up, unready, until
+the label is removed (it serves again) or SIGTERM arrives. On SIGTERM readiness fails at once,
+upgrades are still accepted for SHUTDOWN_DELAY while endpoints catch up, then it drains the same way
+and exits 0.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -84,10 +88,16 @@ func runServer(ctx context.Context, o *ServerOptions) error {
 		return fmt.Errorf("listen on METRICS_PORT %d: %w", o.MetricsPort, err)
 	}
 	srv := wsecho.New(cfg, clock.RealClock{})
-	if o.DrainAnnotationsFile != "" {
+	if files := o.DrainFiles(); len(files) > 0 {
 		watchCtx, stop := context.WithCancel(ctx)
 		defer stop()
-		go wsecho.WatchAnnotations(watchCtx, o.DrainAnnotationsFile, o.AnnotationsPoll, clock.RealClock{}, srv.Drain)
+		go wsecho.WatchDrainFiles(watchCtx, files, o.DrainPoll, clock.RealClock{}, func(drain bool) {
+			if drain {
+				srv.Drain()
+			} else {
+				srv.Undrain()
+			}
+		})
 	}
 	if err := srv.Serve(ctx, wsLis, metricsLis); err != nil {
 		klog.ErrorS(err, "Server stopped")

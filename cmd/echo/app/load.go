@@ -41,6 +41,7 @@ func (o *LoadOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVarP(&c.Duration, "duration", "d", 60*time.Second, "How long to hold the connections once all are open; 0 holds until interrupted.")
 	fs.DurationVar(&c.MessageInterval, "message-interval", c.MessageInterval, "Each connection sends a message this often; 0 sends none.")
 	fs.BoolVar(&c.Flood, "flood", c.Flood, "Each connection sends its next message as soon as the echo of the previous one arrives (throughput test).")
+	fs.IntVar(&c.MessagesPerConnection, "messages", c.MessagesPerConnection, "Stop sending after this many messages per connection and keep it open, idle; 0: no limit.")
 	fs.IntVar(&c.MessageSize, "message-size", c.MessageSize, "Message size in bytes (at least 8).")
 	fs.BoolVar(&c.Binary, "binary", c.Binary, "Send binary messages instead of text.")
 	fs.BoolVar(&c.Reconnect, "reconnect", c.Reconnect, "Reopen connections that end, after a jittered exponential back-off.")
@@ -86,14 +87,14 @@ func isLoopbackHost(h string) bool {
 	return err == nil && a.Is4() && a.IsLoopback()
 }
 
-// NewLoadCommand returns `echo load`.
+// NewLoadCommand returns `wsecho load`.
 func NewLoadCommand(ctx context.Context) *cobra.Command {
 	o := NewLoadOptions()
 	cmd := &cobra.Command{
 		Use:   "load",
 		Short: "Open many WebSocket connections, send timestamped messages and report round trips and closes",
-		Example: `  echo load --url ws://127.0.0.1:8080/ws -c 10000 --rate 2000 --duration 60s
-  echo load --url ws://127.0.0.1:8080/ws -c 1000 --flood --message-size 1024 -d 20s -o json`,
+		Example: `  wsecho load --url ws://127.0.0.1:8080/ws -c 10000 --rate 2000 --duration 60s
+  wsecho load --url ws://127.0.0.1:8080/ws -c 1000 --flood --message-size 1024 -d 20s -o json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

@@ -24,11 +24,14 @@ type ServerOptions struct {
 	WriteTimeout         time.Duration
 	HandshakeTimeout     time.Duration
 	DrainTimeout         time.Duration
+	ShutdownDelay        time.Duration
 	CloseGrace           time.Duration
+	ReleaseMemoryAfter   time.Duration
 	AllowedOrigins       string
 	MaxMessageBytes      int64
+	DrainLabelsFile      string
 	DrainAnnotationsFile string
-	AnnotationsPoll      time.Duration
+	DrainPoll            time.Duration
 
 	// envErrors are the environment variables that could not be parsed; Validate reports them.
 	envErrors []error
@@ -44,9 +47,11 @@ func NewServerOptions(getenv func(string) (string, bool)) *ServerOptions {
 		WriteTimeout:       10 * time.Second,
 		HandshakeTimeout:   10 * time.Second,
 		DrainTimeout:       30 * time.Second,
+		ShutdownDelay:      5 * time.Second,
 		CloseGrace:         2 * time.Second,
+		ReleaseMemoryAfter: 10 * time.Second,
 		MaxMessageBytes:    65536,
-		AnnotationsPoll:    time.Second,
+		DrainPoll:          time.Second,
 	}
 	e := envReader{getenv: getenv}
 	e.str("BIND_ADDRESS", &o.BindAddress)
@@ -55,8 +60,10 @@ func NewServerOptions(getenv func(string) (string, bool)) *ServerOptions {
 	e.int("MAX_CONNECTIONS", &o.MaxConnections)
 	e.int("PING_INTERVAL", &o.PingIntervalMillis)
 	e.duration("DRAIN_TIMEOUT", &o.DrainTimeout)
+	e.duration("SHUTDOWN_DELAY", &o.ShutdownDelay)
 	e.str("ALLOWED_ORIGINS", &o.AllowedOrigins)
 	e.int64("MAX_MESSAGE_BYTES", &o.MaxMessageBytes)
+	e.str("DRAIN_LABELS_FILE", &o.DrainLabelsFile)
 	e.str("DRAIN_ANNOTATIONS_FILE", &o.DrainAnnotationsFile)
 	o.envErrors = e.errs
 	return o
@@ -73,11 +80,16 @@ func (o *ServerOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.WriteTimeout, "write-timeout", o.WriteTimeout, "How long a write may block; a client that does not read for longer is disconnected.")
 	fs.DurationVar(&o.HandshakeTimeout, "handshake-timeout", o.HandshakeTimeout, "How long a client may take to send its upgrade request.")
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", o.DrainTimeout, "Window over which connections are closed (1001) when draining (env DRAIN_TIMEOUT).")
+	fs.DurationVar(&o.ShutdownDelay, "shutdown-delay", o.ShutdownDelay, "After SIGTERM, how long to stay unready but still accept upgrades before draining, while endpoints stop sending clients; 0 if a preStop hook already waits (env SHUTDOWN_DELAY).")
 	fs.DurationVar(&o.CloseGrace, "close-grace", o.CloseGrace, "How long to wait for a client's close frame after sending one.")
+	fs.DurationVar(&o.ReleaseMemoryAfter, "release-memory-after", o.ReleaseMemoryAfter, "After traffic, once no message has arrived and no connection opened or ended for this long, return the memory the traffic left behind (buffers, garbage) to the operating system; 0 never does.")
 	fs.StringVar(&o.AllowedOrigins, "allowed-origins", o.AllowedOrigins, "Comma-separated browser origins allowed to connect (scheme://host[:port], scheme://*.domain, or *). Empty: clients without Origin and same-origin pages only (env ALLOWED_ORIGINS).")
 	fs.Int64Var(&o.MaxMessageBytes, "max-message-bytes", o.MaxMessageBytes, "Largest message accepted; larger ones close the connection with 1009 (env MAX_MESSAGE_BYTES).")
-	fs.StringVar(&o.DrainAnnotationsFile, "drain-annotations-file", o.DrainAnnotationsFile, "Downward-API annotations file; the server drains when it holds wsscale.io/drain=\"true\" (env DRAIN_ANNOTATIONS_FILE).")
-	fs.DurationVar(&o.AnnotationsPoll, "annotations-poll-interval", o.AnnotationsPoll, "How often the annotations file is read.")
+	fs.StringVar(&o.DrainLabelsFile, "drain-labels-file", o.DrainLabelsFile, "Downward-API file of the pod's metadata.labels; the server drains while it holds wsscale.io/drain=\"true\" and serves again when the label is removed (env DRAIN_LABELS_FILE).")
+	fs.StringVar(&o.DrainAnnotationsFile, "drain-annotations-file", o.DrainAnnotationsFile, "Downward-API file of the pod's metadata.annotations, read like --drain-labels-file (env DRAIN_ANNOTATIONS_FILE).")
+	fs.DurationVar(&o.DrainPoll, "drain-poll-interval", o.DrainPoll, "How often the drain label and annotation files are read.")
+	fs.DurationVar(&o.DrainPoll, "annotations-poll-interval", o.DrainPoll, "Old name of --drain-poll-interval.")
+	_ = fs.MarkDeprecated("annotations-poll-interval", "use --drain-poll-interval")
 }
 
 // Validate returns every problem with the options, each naming its variable.
@@ -105,12 +117,18 @@ func (o *ServerOptions) Validate() []error {
 	if o.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("DRAIN_TIMEOUT (--drain-timeout): must not be negative, got %v", o.DrainTimeout))
 	}
+	if o.ShutdownDelay < 0 {
+		errs = append(errs, fmt.Errorf("SHUTDOWN_DELAY (--shutdown-delay): must not be negative, got %v", o.ShutdownDelay))
+	}
+	if o.ReleaseMemoryAfter < 0 {
+		errs = append(errs, fmt.Errorf("--release-memory-after: must not be negative, got %v", o.ReleaseMemoryAfter))
+	}
 	if o.MaxMessageBytes < 1 {
 		errs = append(errs, fmt.Errorf("MAX_MESSAGE_BYTES (--max-message-bytes): must be at least 1, got %d", o.MaxMessageBytes))
 	}
 	for name, d := range map[string]time.Duration{
 		"--write-timeout": o.WriteTimeout, "--handshake-timeout": o.HandshakeTimeout,
-		"--close-grace": o.CloseGrace, "--annotations-poll-interval": o.AnnotationsPoll,
+		"--close-grace": o.CloseGrace, "--drain-poll-interval": o.DrainPoll,
 	} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s: must be positive, got %v", name, d))
@@ -126,6 +144,17 @@ func (o *ServerOptions) pingInterval() time.Duration {
 	return time.Duration(o.PingIntervalMillis) * time.Millisecond
 }
 
+// DrainFiles returns the downward-API files to watch for the drain marker.
+func (o *ServerOptions) DrainFiles() []string {
+	var files []string
+	for _, f := range []string{o.DrainLabelsFile, o.DrainAnnotationsFile} {
+		if f != "" {
+			files = append(files, f)
+		}
+	}
+	return files
+}
+
 // Config turns validated options into the server's configuration.
 func (o *ServerOptions) Config() (wsecho.Config, error) {
 	if errs := o.Validate(); len(errs) > 0 {
@@ -137,16 +166,18 @@ func (o *ServerOptions) Config() (wsecho.Config, error) {
 		readTimeout = 2 * o.pingInterval()
 	}
 	return wsecho.Config{
-		MaxConnections:   o.MaxConnections,
-		MaxMessageBytes:  o.MaxMessageBytes,
-		PingInterval:     o.pingInterval(),
-		ReadTimeout:      readTimeout,
-		WriteTimeout:     o.WriteTimeout,
-		HandshakeTimeout: o.HandshakeTimeout,
-		DrainTimeout:     o.DrainTimeout,
-		CloseGrace:       o.CloseGrace,
-		RetryAfter:       5 * time.Second,
-		Origins:          origins,
+		MaxConnections:     o.MaxConnections,
+		MaxMessageBytes:    o.MaxMessageBytes,
+		PingInterval:       o.pingInterval(),
+		ReadTimeout:        readTimeout,
+		WriteTimeout:       o.WriteTimeout,
+		HandshakeTimeout:   o.HandshakeTimeout,
+		DrainTimeout:       o.DrainTimeout,
+		ShutdownDelay:      o.ShutdownDelay,
+		CloseGrace:         o.CloseGrace,
+		ReleaseMemoryAfter: o.ReleaseMemoryAfter,
+		RetryAfter:         5 * time.Second,
+		Origins:            origins,
 	}, nil
 }
 

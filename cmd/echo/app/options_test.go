@@ -1,6 +1,7 @@
 package app
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +20,7 @@ func TestServerOptionsFromEnvironment(t *testing.T) {
 	o := NewServerOptions(env(map[string]string{
 		"PORT": "9000", "METRICS_PORT": "9001", "MAX_CONNECTIONS": "50000", "PING_INTERVAL": "15000",
 		"DRAIN_TIMEOUT": "2m", "ALLOWED_ORIGINS": "https://a.example, https://*.b.example",
-		"MAX_MESSAGE_BYTES": "1024", "DRAIN_ANNOTATIONS_FILE": "/etc/podinfo/annotations",
+		"MAX_MESSAGE_BYTES": "1024", "DRAIN_ANNOTATIONS_FILE": "/etc/podinfo/annotations", "DRAIN_LABELS_FILE": "/etc/podinfo/labels", "SHUTDOWN_DELAY": "7s",
 	}))
 	if errs := o.Validate(); len(errs) > 0 {
 		t.Fatalf("Validate: %v", errs)
@@ -29,7 +30,8 @@ func TestServerOptionsFromEnvironment(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o.Port != 9000 || o.MetricsPort != 9001 || cfg.MaxConnections != 50000 || cfg.PingInterval != 15*time.Second ||
-		cfg.DrainTimeout != 2*time.Minute || cfg.MaxMessageBytes != 1024 || o.DrainAnnotationsFile != "/etc/podinfo/annotations" {
+		cfg.DrainTimeout != 2*time.Minute || cfg.MaxMessageBytes != 1024 || cfg.ShutdownDelay != 7*time.Second || o.DrainAnnotationsFile != "/etc/podinfo/annotations" ||
+		!slices.Equal(o.DrainFiles(), []string{"/etc/podinfo/labels", "/etc/podinfo/annotations"}) {
 		t.Errorf("environment not applied: %+v / %+v", o, cfg)
 	}
 	if cfg.ReadTimeout != 30*time.Second {
@@ -44,7 +46,7 @@ func TestServerOptionsDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if o.Port != 8080 || o.MetricsPort != 9090 || cfg.MaxConnections != 10000 || cfg.PingInterval != 30*time.Second ||
-		cfg.DrainTimeout != 30*time.Second || cfg.MaxMessageBytes != 65536 {
+		cfg.DrainTimeout != 30*time.Second || cfg.MaxMessageBytes != 65536 || cfg.ShutdownDelay != 5*time.Second {
 		t.Errorf("defaults differ from the documented ones: %+v", cfg)
 	}
 }
@@ -71,6 +73,7 @@ func TestServerOptionsValidate(t *testing.T) {
 		{name: "not numbers", env: map[string]string{"PORT": "http", "MAX_CONNECTIONS": "many", "PING_INTERVAL": "30s", "MAX_MESSAGE_BYTES": "64KiB"},
 			want: []string{`PORT="http"`, `MAX_CONNECTIONS="many"`, `PING_INTERVAL="30s"`, `MAX_MESSAGE_BYTES="64KiB"`}, errors: 4},
 		{name: "not a duration", env: map[string]string{"DRAIN_TIMEOUT": "30"}, want: []string{`DRAIN_TIMEOUT="30"`}, errors: 1},
+		{name: "negative shutdown delay", env: map[string]string{"SHUTDOWN_DELAY": "-1s"}, want: []string{"SHUTDOWN_DELAY (--shutdown-delay)"}, errors: 1},
 		{name: "out of range", env: map[string]string{"PORT": "0", "METRICS_PORT": "65536", "MAX_CONNECTIONS": "-1", "PING_INTERVAL": "0", "MAX_MESSAGE_BYTES": "0", "DRAIN_TIMEOUT": "-5s"},
 			want: []string{"PORT (--port)", "METRICS_PORT (--metrics-port)", "MAX_CONNECTIONS", "PING_INTERVAL", "MAX_MESSAGE_BYTES", "DRAIN_TIMEOUT"}, errors: 6},
 		{name: "same ports", env: map[string]string{"PORT": "8000", "METRICS_PORT": "8000"}, want: []string{"must differ"}, errors: 1},

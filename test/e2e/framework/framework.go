@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,6 +155,12 @@ func EnsureBinaries(root string) error {
 	build.Stdout, build.Stderr = &out, &out
 	if err := build.Run(); err != nil {
 		return fmt.Errorf("go build ./cmd/... ./test/cmd/testhost: %w\n%s", err, out.String())
+	}
+	// go build names cmd/echo's binary echo; it is installed as wsecho (as `make build` does), so
+	// that `wsecho load` is not the shell's builtin echo.
+	bin := filepath.Join(root, ".local", "bin")
+	if err := os.Rename(filepath.Join(bin, "echo"), filepath.Join(bin, "wsecho")); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("install cmd/echo as wsecho: %w", err)
 	}
 	return nil
 }
