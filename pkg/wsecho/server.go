@@ -22,6 +22,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
+
+	"github.com/wsscale/wsscale/pkg/version"
 )
 
 // Config is everything the server needs to run. Build it with the echo command's options, which
@@ -90,11 +92,14 @@ type drainRun struct {
 	done chan struct{} // closed when the schedule has ended, every connection closed or cut
 }
 
-// New returns a server for cfg. It registers its metrics, together with the Go runtime and process
-// collectors, on a registry of its own that MetricsHandler serves.
+// New returns a server for cfg. It registers its metrics, together with the Go runtime, process and
+// build-info collectors, on a registry of its own that MetricsHandler serves.
 func New(cfg Config, clk clock.WithDelayedExecution) *Server {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	if err := version.Register(reg, "wsecho"); err != nil {
+		panic(err) // a fresh registry refuses nothing
+	}
 	s := &Server{
 		cfg:      cfg,
 		clock:    clk,

@@ -21,6 +21,7 @@ import (
 	"github.com/wsscale/wsscale/pkg/provider"
 	"github.com/wsscale/wsscale/pkg/provider/promsource"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/version"
 )
 
 // Adapter is the wired adapter, ready to Run.
@@ -55,6 +56,9 @@ func (c *Config) Complete() (*Adapter, error) {
 	// The Go runtime and process collectors are in the generic API
 	// server's registry already; this one holds the adapter's own.
 	registry := prometheus.NewRegistry()
+	if err := version.Register(registry, "adapter"); err != nil {
+		return nil, err
+	}
 	instruments, err := provider.NewInstruments(registry)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)

@@ -9,6 +9,8 @@ import (
 	"github.com/spf13/cobra"
 	logsapi "k8s.io/component-base/logs/api/v1"
 	"k8s.io/klog/v2"
+
+	"github.com/wsscale/wsscale/pkg/version"
 )
 
 // NewAdapterCommand returns the adapter command; it runs until ctx is done.
@@ -22,6 +24,7 @@ aggregation layer. By default it tracks the running pods labelled wsscale.io/scr
 scrapes websocket_connections_active from their prometheus.io/port and prometheus.io/path every
 5s, and serves it as websocket_connections for pods and, summed, for their Deployments.
 A pod without a fresh value is left out of every answer, never reported as 0.`,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,

@@ -16,6 +16,7 @@ import (
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 
+	"github.com/wsscale/wsscale/pkg/version"
 	"github.com/wsscale/wsscale/pkg/wsecho"
 )
 
@@ -51,6 +52,7 @@ and open connections are closed with 1001 spread over DRAIN_TIMEOUT; it then sta
 the label is removed (it serves again) or SIGTERM arrives. On SIGTERM readiness fails at once,
 upgrades are still accepted for SHUTDOWN_DELAY while endpoints catch up, then it drains the same way
 and exits 0.`,
+		Version:       version.Get().String(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
