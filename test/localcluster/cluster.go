@@ -186,6 +186,7 @@ func (c *Cluster) startSupervisor() (<-chan supervisorEvent, error) {
 		StopTimeout:               c.opts.StopTimeout,
 		ComponentGracePeriod:      c.opts.ComponentGracePeriod,
 		ExtraArgs:                 c.opts.ExtraArgs,
+		DownwardAPISyncDelay:      c.opts.DownwardAPISyncDelay,
 	}
 	raw, err := json.Marshal(cfg)
 	if err != nil {

@@ -38,6 +38,7 @@ type Agent struct {
 	network     podNetwork
 	runtime     containerRuntime
 	prober      probeRunner
+	commands    commandRunner
 	images      imageResolver
 	allocatable v1.ResourceList
 	// prepareNode readies the node network namespace (IPv4 forwarding).
@@ -87,7 +88,8 @@ func New(o Options) (*Agent, error) {
 		ips:          newIPAllocator(cidr, nodeIP),
 		network:      &vethNetwork{dir: filepath.Join(o.StateDir, "netns"), nodeIP: o.NodeIP},
 		runtime:      &processRuntime{clock: o.Clock},
-		prober:       newNetworkProber(),
+		prober:       newProber(nsenterRunner{nsenter: "nsenter"}),
+		commands:     nsenterRunner{nsenter: "nsenter"},
 		images:       imageResolver{images: o.Images},
 		prepareNode:  enableForwarding,
 		networkSlots: make(chan struct{}, maxConcurrentNetworkOps),

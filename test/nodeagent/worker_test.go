@@ -121,7 +121,8 @@ func (p *fakeProber) set(kind probeKind, ok bool) {
 	p.ok[kind] = ok
 }
 
-func (p *fakeProber) probe(_ context.Context, spec *v1.Probe, _ string, c *v1.Container) (bool, string) {
+func (p *fakeProber) probe(_ context.Context, spec *v1.Probe, t probeTarget) (bool, string) {
+	c := t.container
 	kind := readinessProbe
 	switch spec {
 	case c.LivenessProbe:
