@@ -73,6 +73,9 @@
 //   - A status like the kubelet's: phase, conditions (PodReadyToStartContainers,
 //     Initialized, ContainersReady, Ready, PodScheduled), podIP(s), hostIP(s), startTime and
 //     container statuses with state, lastState, ready, started and restartCount.
+//   - Events as the kubelet reports them (source component "kubelet", host NodeName):
+//     Pulled, Created, Started, Killing, Unhealthy, BackOff, Failed, FailedMount,
+//     FailedCreatePodSandBox, FailedPostStartHook and FailedPreStopHook.
 //   - Logs: each run's stdout and stderr in StateDir/logs/<ns>_<pod>_<uid>/<container>/<n>.log,
 //     kept after the pod is gone.
 //

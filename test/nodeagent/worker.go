@@ -466,7 +466,9 @@ func (w *podWorker) sync(ctx context.Context, now time.Time) {
 func (w *podWorker) setup(ctx context.Context, now time.Time) {
 	var err error
 	if !w.sandboxReady {
-		err = w.setupSandbox(ctx)
+		if err = w.setupSandbox(ctx); err != nil {
+			w.event(nil, v1.EventTypeWarning, eventFailedSandbox, "Failed to create pod sandbox: %v", err)
+		}
 	}
 	if err == nil && !w.volumesReady {
 		pod := w.podWithIPs()
@@ -475,6 +477,7 @@ func (w *podWorker) setup(ctx context.Context, now time.Time) {
 			w.downwardWritten()
 			w.nextVolumeSync = now.Add(w.agent.opts.VolumeResyncPeriod)
 		} else {
+			w.event(nil, v1.EventTypeWarning, eventFailedMount, "MountVolume.SetUp failed: %v", err)
 			err = fmt.Errorf("mount volumes: %w", err)
 		}
 	}
@@ -520,6 +523,9 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 	c := w.containers[i]
 	log := w.logger().WithValues("container", c.spec.Name)
 	retry := func(reason string, err error) {
+		if reason != "ErrImagePull" && reason != "ImagePullBackOff" {
+			w.event(c, v1.EventTypeWarning, eventFailed, "Error: %v", err)
+		}
 		c.waiting = &v1.ContainerStateWaiting{Reason: reason, Message: err.Error()}
 		c.nextStartAt = now.Add(c.startRetry.next(0))
 		log.Info("Container cannot start", "reason", reason, "err", err.Error())
@@ -532,10 +538,14 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 		reason := "ErrImagePull"
 		if c.waiting != nil && (c.waiting.Reason == "ErrImagePull" || c.waiting.Reason == "ImagePullBackOff") {
 			reason = "ImagePullBackOff"
+			w.event(c, v1.EventTypeNormal, eventBackOff, "Back-off pulling image %q", c.spec.Image)
+		} else {
+			w.event(c, v1.EventTypeWarning, eventFailed, "Failed to pull image %q: %v", c.spec.Image, err)
 		}
 		retry(reason, err)
 		return
 	}
+	w.event(c, v1.EventTypeNormal, eventPulled, "Container image %q already present on machine", c.spec.Image)
 	c.imageID = "local://" + binary
 	pod := w.podWithIPs()
 	env, err := makeEnvironment(ctx, newObjectCache(w.agent.client, pod.Namespace), pod, &c.spec, w.agent.envContext())
@@ -587,6 +597,8 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 		}
 		var se *startError
 		if errors.As(err, &se) {
+			w.event(c, v1.EventTypeNormal, eventCreated, "Created container: %s", c.spec.Name)
+			w.event(c, v1.EventTypeWarning, eventFailed, "Error: %s", se.msg)
 			// The kubelet reports a failed exec as a terminated run that is restarted with back-off.
 			c.gen = gen
 			c.startedAt = now
@@ -596,6 +608,8 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 		retry("RunContainerError", err)
 		return
 	}
+	w.event(c, v1.EventTypeNormal, eventCreated, "Created container: %s", c.spec.Name)
+	w.event(c, v1.EventTypeNormal, eventStarted, "Started container %s", c.spec.Name)
 	log.Info("Started container", "pid", proc.pid(), "binary", binary, "restartCount", gen-1, "log", logPath)
 	c.proc, c.gen, c.startedAt = proc, gen, now
 	c.release = release
@@ -801,6 +815,7 @@ func (w *podWorker) recordExit(c *containerState, st exitStatus, reason, message
 	c.nextStartAt = st.at.Add(delay)
 	c.waiting = nil
 	if delay > 0 {
+		w.event(c, v1.EventTypeWarning, eventBackOff, "Back-off restarting failed container %s in pod %s_%s(%s)", c.spec.Name, w.pod.Name, w.pod.Namespace, w.uid)
 		c.waiting = &v1.ContainerStateWaiting{
 			Reason:  "CrashLoopBackOff",
 			Message: fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", delay, c.spec.Name, w.pod.Name, w.pod.Namespace, w.uid),
@@ -855,6 +870,9 @@ func (w *podWorker) handleProbe(ctx context.Context, r probeResult) {
 	} else {
 		p.failures++
 		p.successes = 0
+		// As the kubelet: every failed attempt is reported, not only the one that crosses
+		// the threshold.
+		w.event(c, v1.EventTypeWarning, eventUnhealthy, "%s probe failed: %s", r.kind, r.msg)
 	}
 	failureThreshold := p.spec.FailureThreshold
 	if failureThreshold <= 0 {
@@ -875,10 +893,12 @@ func (w *podWorker) handleProbe(ctx context.Context, r probeResult) {
 			}
 			w.markStarted(c)
 		} else if p.failures >= failureThreshold {
+			w.event(c, v1.EventTypeNormal, eventKilling, "Container %s failed startup probe, will be restarted", c.spec.Name)
 			w.killUnhealthy(c, p, "Startup probe failed: "+r.msg, now)
 		}
 	case livenessProbe:
 		if p.failures >= failureThreshold {
+			w.event(c, v1.EventTypeNormal, eventKilling, "Container %s failed liveness probe, will be restarted", c.spec.Name)
 			w.killUnhealthy(c, p, "Liveness probe failed: "+r.msg, now)
 		}
 	case readinessProbe:
@@ -940,6 +960,11 @@ func (w *podWorker) beginTermination(ctx context.Context, now time.Time, gone bo
 		}
 	}
 	w.logger().Info("Stopping pod", "grace", grace, "deletedFromAPI", gone, "shutdown", ctx.Err() != nil)
+	for _, c := range w.containers {
+		if c.proc != nil && !gone && ctx.Err() == nil {
+			w.event(c, v1.EventTypeNormal, eventKilling, "Stopping container %s", c.spec.Name)
+		}
+	}
 	for i, c := range w.containers {
 		if c.proc == nil || c.init {
 			continue
@@ -960,7 +985,8 @@ func (w *podWorker) probeTarget(c *containerState) probeTarget {
 // reports its end on w.hooks. A hook may run as long as the termination grace period.
 func (w *podWorker) runHook(ctx context.Context, i int, h *v1.LifecycleHandler, postStart bool) {
 	c := w.containers[i]
-	target, gen := w.probeTarget(c), c.gen
+	target, gen, podName := w.probeTarget(c), c.gen, w.pod.Name
+	h = h.DeepCopy()
 	clk := w.agent.clock
 	timeout := w.terminationGrace()
 	go func() {
@@ -976,7 +1002,7 @@ func (w *podWorker) runHook(ctx context.Context, i int, h *v1.LifecycleHandler, 
 		case h.HTTPGet != nil:
 			probe := &v1.Probe{ProbeHandler: v1.ProbeHandler{HTTPGet: h.HTTPGet}, TimeoutSeconds: int32(max(timeout, time.Second) / time.Second)}
 			if ok, msg := w.agent.prober.probe(ctx, probe, target); !ok {
-				failure = fmt.Sprintf("HTTP lifecycle hook (%s) for Container %q in Pod %q failed - error: %s", h.HTTPGet.Path, target.container.Name, w.pod.Name, msg)
+				failure = fmt.Sprintf("HTTP lifecycle hook (%s) for Container %q in Pod %q failed - error: %s", h.HTTPGet.Path, target.container.Name, podName, msg)
 			}
 		case h.Exec != nil:
 			out, code, err := w.agent.commands.run(ctx, target.exec, h.Exec.Command)
@@ -984,7 +1010,7 @@ func (w *podWorker) runHook(ctx context.Context, i int, h *v1.LifecycleHandler, 
 				if err == nil {
 					err = fmt.Errorf("command %q exited with %d: %s", strings.Join(h.Exec.Command, " "), code, strings.TrimSpace(string(out)))
 				}
-				failure = fmt.Sprintf("Exec lifecycle hook (%s) for Container %q in Pod %q failed - error: %v", h.Exec.Command, target.container.Name, w.pod.Name, err)
+				failure = fmt.Sprintf("Exec lifecycle hook (%s) for Container %q in Pod %q failed - error: %v", h.Exec.Command, target.container.Name, podName, err)
 			}
 		}
 		select {
@@ -1001,6 +1027,7 @@ func (w *podWorker) handleHook(r hookResult) {
 	if !r.postStart {
 		c.preStopActive = false
 		if r.failure != "" {
+			w.event(c, v1.EventTypeWarning, eventFailedPreStopHook, "%s", r.failure)
 			w.logger().Info("PreStop hook failed", "container", c.spec.Name, "failure", r.failure)
 		}
 		return
@@ -1017,6 +1044,8 @@ func (w *podWorker) handleHook(r hookResult) {
 	if !c.killAt.IsZero() || w.terminating {
 		return
 	}
+	w.event(c, v1.EventTypeWarning, eventFailedPostStartHook, "%s", r.failure)
+	w.event(c, v1.EventTypeNormal, eventKilling, "FailedPostStartHook")
 	c.killReason = "FailedPostStartHook"
 	c.killAt = w.agent.clock.Now().Add(w.terminationGrace())
 	c.sigtermSent = true

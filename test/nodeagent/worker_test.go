@@ -174,6 +174,9 @@ func newTestEnv(t *testing.T, ignoreTerm bool) *testEnv {
 		prober: &fakeProber{ok: map[probeKind]bool{}},
 	}
 	a.runtime, a.network, a.prober = env.rt, env.net, env.prober
+	// Nothing sends the broadcaster's events anywhere in unit tests; tests that check
+	// events swap in a fakeRecorder.
+	t.Cleanup(a.events.Shutdown)
 	a.prepareNode = func() error { return nil }
 	ctx, cancel := context.WithCancel(context.Background())
 	env.cancel = cancel
@@ -314,13 +317,31 @@ func TestWorkerRunsPodAndWritesStatus(t *testing.T) {
 		t.Errorf("POD_IP=%q, status podIP %q", envIP, got.Status.PodIP)
 	}
 	// Two successes are needed: the first probe runs at start, the second a period later.
-	e.stepWhenWaiting(t, 5*time.Second)
-	e.waitStatus(t, "echo-1", "ready", podReady)
+	// (The clock steps by whole periods until then: a step may come before the first
+	// result, which then counts from the stepped time.)
+	e.stepUntil(t, "echo-1", "ready", 5*time.Second, podReady)
 	// Two failures make it unready again.
 	e.prober.set(readinessProbe, false)
-	e.stepWhenWaiting(t, 5*time.Second)
-	e.stepWhenWaiting(t, 5*time.Second)
-	e.waitStatus(t, "echo-1", "unready", func(p *v1.Pod) bool { return !podReady(p) && containerStatus(p).State.Running != nil })
+	e.stepUntil(t, "echo-1", "unready", 5*time.Second, func(p *v1.Pod) bool { return !podReady(p) && containerStatus(p).State.Running != nil })
+}
+
+// stepUntil advances the fake clock by d whenever the workers wait, until the pod's status
+// satisfies cond; at most 10 steps.
+func (e *testEnv) stepUntil(t *testing.T, name, what string, d time.Duration, cond func(*v1.Pod) bool) {
+	t.Helper()
+	for range 10 {
+		e.stepWhenWaiting(t, d)
+		ok := false
+		_ = wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			p, err := e.client.CoreV1().Pods("ns").Get(ctx, name, metav1.GetOptions{})
+			ok = err == nil && cond(p)
+			return ok, nil
+		})
+		if ok {
+			return
+		}
+	}
+	e.waitStatus(t, name, what, cond)
 }
 
 func cutPrefix(s, prefix string) (string, bool) {
