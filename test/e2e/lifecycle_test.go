@@ -355,3 +355,54 @@ func TestDownwardAPIUpdateDelay(t *testing.T) {
 		return strings.Contains(got, `wsscale.io/drain="true"`), fmt.Sprintf("%q after %v; volume on the node:%s", got, time.Since(patched).Round(time.Millisecond), onNode)
 	})
 }
+
+// TestSidecarInitContainer runs a sidecar as Kubernetes defines it: an init container with
+// restartPolicy Always starts first and keeps running; the init containers after it and the
+// regular containers start once it has started, share its network namespace and count its
+// readiness.
+func TestSidecarInitContainer(t *testing.T) {
+	c := framework.Cluster(t)
+	client := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const ns = "node-sidecar"
+	const sidecarPort = 8081
+	createNamespace(ctx, t, client, ns)
+	sidecar := corev1.Container{
+		Name: "sidecar", Image: "wsscale/testhost:dev", Args: []string{"serve", "--port", fmt.Sprint(sidecarPort)},
+		RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways),
+		ReadinessProbe: &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
+			HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(sidecarPort)},
+		}},
+	}
+	main := testhostContainer("main")
+	main.ReadinessProbe = &corev1.Probe{PeriodSeconds: 1, ProbeHandler: corev1.ProbeHandler{
+		HTTPGet: &corev1.HTTPGetAction{Path: "/healthz", Port: intstr.FromInt32(testhostPort)},
+	}}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "sidecar"},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: ptr.To[int64](2),
+			InitContainers: []corev1.Container{
+				sidecar,
+				{Name: "step", Image: "wsscale/testhost:dev", Args: []string{"step", "--sleep", "1s"}},
+			},
+			Containers: []corev1.Container{main},
+		},
+	}
+	must[*corev1.Pod](t, "pod")(client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}))
+	th := testhostClient{c: c, ip: waitPodReady(ctx, t, client, ns, pod.Name)}
+	p, state := getPod(ctx, client, ns, pod.Name)
+	if p == nil || len(p.Status.InitContainerStatuses) != 2 {
+		t.Fatalf("pod: %s", state)
+	}
+	if s := p.Status.InitContainerStatuses[0]; s.State.Running == nil || !s.Ready {
+		t.Errorf("sidecar: %s, want running and ready", state)
+	}
+	if s := p.Status.InitContainerStatuses[1]; s.State.Terminated == nil || s.State.Terminated.Reason != "Completed" {
+		t.Errorf("init container after the sidecar: %s, want Completed", state)
+	}
+	if got := th.get(ctx, t, "/fetch", "url", fmt.Sprintf("http://127.0.0.1:%d/healthz", sidecarPort)); got != "ok" {
+		t.Errorf("the sidecar from the main container over localhost: %q", got)
+	}
+}

@@ -56,7 +56,9 @@
 //   - Init containers first, one at a time in order, each to completion; a failed one
 //     restarts with back-off (or, with restartPolicy Never, fails the pod). Meanwhile the
 //     pod is Pending, Initialized is False and the other containers wait PodInitializing.
-//     An init container with restartPolicy Always (a sidecar) runs as an ordinary one.
+//     An init container with restartPolicy Always (a sidecar) counts as done once started,
+//     keeps running and restarting whatever the pod's policy, and counts towards readiness;
+//     it stops with the other containers, not after them.
 //   - Probes: startup, liveness and readiness probes with the API's defaults and
 //     thresholds. httpGet, tcpSocket and grpc (grpc.health.v1) are dialled from the node
 //     namespace to the pod IP; exec probes run their command (from the node's filesystem:
@@ -89,5 +91,5 @@
 // When Run's context ends, every pod is stopped with its grace period capped at
 // ShutdownGracePeriod and nothing is written to the API.
 //
-// Not supported: sidecar and ephemeral containers, resource limits, image pull secrets.
+// Not supported: ephemeral containers, resource limits, image pull secrets.
 package nodeagent

@@ -334,3 +334,45 @@ func TestWorkerDownwardAPIDelay(t *testing.T) {
 		t.Fatalf("labels file %q after the sync delay, want %q", read(), want)
 	}
 }
+
+func TestWorkerSidecarInitContainer(t *testing.T) {
+	e := newTestEnv(t, false)
+	pod := echoPod("sidecar")
+	pod.Spec.RestartPolicy = v1.RestartPolicyNever
+	pod.Spec.InitContainers = []v1.Container{
+		{Name: "proxy", Image: "wsscale/echo:dev", Args: []string{"proxy"}, RestartPolicy: ptr.To(v1.ContainerRestartPolicyAlways)},
+		{Name: "migrate", Image: "wsscale/echo:dev", Args: []string{"migrate"}},
+	}
+	e.add(t, pod)
+	arg := func(p *fakeProcess) string { return p.spec.Argv[len(p.spec.Argv)-1] }
+	proxy := e.nextProcess(t)
+	if arg(proxy) != "proxy" {
+		t.Fatalf("first process %q, want the sidecar", proxy.spec.Argv)
+	}
+	// The sidecar has started: the next init container runs while it keeps running.
+	migrate := e.nextProcess(t)
+	if arg(migrate) != "migrate" {
+		t.Fatalf("second process %q, want the second init container", migrate.spec.Argv)
+	}
+	migrate.exit(0)
+	if main := e.nextProcess(t); arg(main) != "--drain-annotations-file=/etc/podinfo/annotations" {
+		t.Fatalf("process %q, want the main container", main.spec.Argv)
+	}
+	got := e.waitStatus(t, "sidecar", "ready", podReady)
+	if s := got.Status.InitContainerStatuses[0]; s.State.Running == nil || !s.Ready {
+		t.Errorf("sidecar status %+v, want running and ready", s)
+	}
+	// A sidecar restarts whatever the pod's restart policy, and the pod stays initialised.
+	proxy.exit(1)
+	if again := e.nextProcess(t); arg(again) != "proxy" {
+		t.Fatalf("process %q, want the sidecar again", again.spec.Argv)
+	}
+	got = e.waitStatus(t, "sidecar", "sidecar restarted", func(p *v1.Pod) bool {
+		return p.Status.InitContainerStatuses[0].RestartCount == 1 && podReady(p)
+	})
+	for _, c := range got.Status.Conditions {
+		if c.Type == v1.PodInitialized && c.Status != v1.ConditionTrue {
+			t.Errorf("Initialized %s after the sidecar restarted", c.Status)
+		}
+	}
+}

@@ -17,18 +17,28 @@ type statusInput struct {
 	containers   []v1.ContainerStatus
 	// initContainers are the init containers' statuses, in order.
 	initContainers []v1.ContainerStatus
+	// initialized is set once the pod was initialised: a sidecar that restarts later does
+	// not take that back.
+	initialized bool
 }
 
 // initPending returns the init containers that have not completed, and whether one of
 // them failed for good (it stopped and will not restart).
-func initPending(restartPolicy v1.RestartPolicy, statuses []v1.ContainerStatus) (pending []string, failed bool) {
-	for _, s := range statuses {
+func initPending(pod *v1.Pod, statuses []v1.ContainerStatus) (pending []string, failed bool) {
+	for i, s := range statuses {
+		if i < len(pod.Spec.InitContainers) && isSidecar(&pod.Spec.InitContainers[i]) {
+			// A sidecar is done once it has started.
+			if s.Started == nil || !*s.Started {
+				pending = append(pending, s.Name)
+			}
+			continue
+		}
 		t := s.State.Terminated
 		if t != nil && t.ExitCode == 0 {
 			continue
 		}
 		pending = append(pending, s.Name)
-		if t != nil && restartPolicy == v1.RestartPolicyNever {
+		if t != nil && pod.Spec.RestartPolicy == v1.RestartPolicyNever {
 			failed = true
 		}
 	}
@@ -111,7 +121,11 @@ func buildPodStatus(pod *v1.Pod, in statusInput) v1.PodStatus {
 	}
 	// Until every init container has completed the pod is Pending, or Failed when one
 	// failed and will not run again.
-	initNotDone, initFailed := initPending(pod.Spec.RestartPolicy, in.initContainers)
+	var initNotDone []string
+	var initFailed bool
+	if !in.initialized {
+		initNotDone, initFailed = initPending(pod, in.initContainers)
+	}
 	switch {
 	case initFailed:
 		st.Phase = v1.PodFailed
@@ -132,6 +146,12 @@ func buildPodStatus(pod *v1.Pod, in statusInput) v1.PodStatus {
 	}
 
 	var notReady []string
+	for i, c := range in.initContainers {
+		// Sidecars count towards the pod's readiness like its other containers.
+		if i < len(pod.Spec.InitContainers) && isSidecar(&pod.Spec.InitContainers[i]) && !c.Ready {
+			notReady = append(notReady, c.Name)
+		}
+	}
 	for _, c := range in.containers {
 		if !c.Ready {
 			notReady = append(notReady, c.Name)

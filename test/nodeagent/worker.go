@@ -68,6 +68,9 @@ type containerState struct {
 	// init marks an init container: it runs to completion before the next one starts and
 	// before any regular container.
 	init bool
+	// sidecar marks an init container with restartPolicy Always: it keeps running next to
+	// the others and counts as done for the init sequence once started.
+	sidecar bool
 	// exec is where exec probes and hooks of the current run go.
 	exec execTarget
 
@@ -173,6 +176,8 @@ type podWorker struct {
 	finalized      bool
 	// downwardAt is the run loop's copy of pendingDownward.
 	downwardAt time.Time
+	// initDone is set once every init container has completed (sidecars: started).
+	initDone bool
 }
 
 func newPodWorker(a *Agent, pod *v1.Pod) *podWorker {
@@ -194,6 +199,7 @@ func newPodWorker(a *Agent, pod *v1.Pod) *podWorker {
 		w.containers = append(w.containers, &containerState{
 			spec:       *spec.DeepCopy(),
 			init:       init,
+			sidecar:    init && isSidecar(spec),
 			crash:      crashBackOff{base: a.opts.CrashLoopBackOffBase, max: a.opts.CrashLoopBackOffMax},
 			startRetry: crashBackOff{base: a.opts.CrashLoopBackOffBase, max: a.opts.CrashLoopBackOffMax},
 		})
@@ -224,12 +230,31 @@ func (w *podWorker) specOf(i int) *v1.Container {
 
 // initialized reports whether every init container has completed.
 func (w *podWorker) initialized() bool {
+	if w.initDone {
+		// As the kubelet, init containers never run again once the pod is initialised.
+		return true
+	}
 	for _, c := range w.containers {
-		if c.init && (c.terminated == nil || c.terminated.ExitCode != 0) {
+		if c.init && !c.initStepDone() {
 			return false
 		}
 	}
+	w.initDone = true
 	return true
+}
+
+// initStepDone reports whether the init sequence may go past init container c: it
+// completed, or it is a sidecar that has started.
+func (c *containerState) initStepDone() bool {
+	if c.sidecar {
+		return c.proc != nil && c.started
+	}
+	return c.terminated != nil && c.terminated.ExitCode == 0
+}
+
+// isSidecar reports whether init container c is a sidecar (restartPolicy Always).
+func isSidecar(c *v1.Container) bool {
+	return c.RestartPolicy != nil && *c.RestartPolicy == v1.ContainerRestartPolicyAlways
 }
 
 // update hands the worker a newer version of its pod.
@@ -271,8 +296,15 @@ func (w *podWorker) poke() {
 func (w *podWorker) snapshot() (*v1.Pod, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.downwardAt = w.pendingDownward
 	return w.latest, w.gone
+}
+
+// take is snapshot for the run loop: with it, when the pod's change of labels or
+// annotations is due in the files, read under the same lock.
+func (w *podWorker) take() (*v1.Pod, bool, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.latest, w.gone, w.pendingDownward
 }
 
 func (w *podWorker) logger() klog.Logger {
@@ -283,7 +315,8 @@ func (w *podWorker) run(ctx context.Context) {
 	defer close(w.done)
 	for {
 		now := w.agent.clock.Now()
-		pod, gone := w.snapshot()
+		pod, gone, downwardAt := w.take()
+		w.downwardAt = downwardAt
 		w.pod = pod
 		if (gone || pod.DeletionTimestamp != nil || ctx.Err() != nil) && !w.terminating {
 			w.beginTermination(ctx, now, gone)
@@ -368,7 +401,7 @@ func (w *podWorker) nextWake(now time.Time) time.Duration {
 	consider(w.statusRetryAt)
 	initialized := w.initialized()
 	for _, c := range w.containers {
-		if c.proc == nil && c.terminated == nil && !w.terminating && c.init != initialized {
+		if c.proc == nil && c.terminated == nil && !w.terminating && (c.init != initialized || c.sidecar) {
 			consider(c.nextStartAt)
 		}
 		if c.proc != nil && !w.terminating {
@@ -429,20 +462,23 @@ func (w *podWorker) sync(ctx context.Context, now time.Time) {
 	}
 	if w.initialized() {
 		for i, c := range w.containers {
-			if !c.init && c.proc == nil && c.terminated == nil && !now.Before(c.nextStartAt) {
+			if (!c.init || c.sidecar) && c.proc == nil && c.terminated == nil && !now.Before(c.nextStartAt) {
 				w.startContainer(ctx, i, now)
 			}
 		}
 	} else {
-		// One init container at a time, in order, each to completion.
+		// One init container at a time, in order, each to completion (a sidecar: until it
+		// has started); sidecars before the current one are restarted when they stop.
 		for i, c := range w.containers {
-			if !c.init || (c.terminated != nil && c.terminated.ExitCode == 0) {
+			if !c.init {
 				continue
 			}
-			if c.proc == nil && c.terminated == nil && !now.Before(c.nextStartAt) {
+			if c.proc == nil && c.terminated == nil && !now.Before(c.nextStartAt) && (c.sidecar || !c.initStepDone()) {
 				w.startContainer(ctx, i, now)
 			}
-			break
+			if !c.initStepDone() {
+				break
+			}
 		}
 	}
 	for i, c := range w.containers {
@@ -619,7 +655,7 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 	c.exec = execTarget{pid: proc.pid(), env: spec.Env, uid: spec.UID, gid: spec.GID, workDir: spec.WorkDir}
 	c.started = c.spec.StartupProbe == nil
 	c.ready = false
-	if c.init {
+	if c.init && !c.sidecar {
 		// Init containers are not probed and are never ready.
 		c.started = false
 		return
@@ -804,6 +840,8 @@ func (w *podWorker) recordExit(c *containerState, st exitStatus, reason, message
 			// An init container that completed is done; one that failed runs again.
 			restart = !c.init || st.code != 0
 		}
+		// A sidecar restarts whatever the pod's policy.
+		restart = restart || c.sidecar
 	}
 	if !restart {
 		c.terminated = term
@@ -966,7 +1004,7 @@ func (w *podWorker) beginTermination(ctx context.Context, now time.Time, gone bo
 		}
 	}
 	for i, c := range w.containers {
-		if c.proc == nil || c.init {
+		if c.proc == nil || (c.init && !c.sidecar) {
 			continue
 		}
 		if hook := c.spec.Lifecycle; hook != nil && hook.PreStop != nil && grace > 0 && ctx.Err() == nil {
@@ -1157,6 +1195,7 @@ func (w *podWorker) currentStatus(now time.Time) v1.PodStatus {
 		sandboxReady:   w.sandboxReady,
 		containers:     statuses,
 		initContainers: initStatuses,
+		initialized:    initialized,
 	}
 	if w.ip.IsValid() && w.sandboxReady {
 		in.podIP = w.ip.String()
