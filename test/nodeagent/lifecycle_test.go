@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -17,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/utils/ptr"
 )
@@ -373,6 +375,35 @@ func TestWorkerSidecarInitContainer(t *testing.T) {
 	for _, c := range got.Status.Conditions {
 		if c.Type == v1.PodInitialized && c.Status != v1.ConditionTrue {
 			t.Errorf("Initialized %s after the sidecar restarted", c.Status)
+		}
+	}
+}
+
+func TestWorkerStartupProbe(t *testing.T) {
+	e := newTestEnv(t, false)
+	pod := echoPod("slow")
+	pod.Spec.Containers[0].StartupProbe = &v1.Probe{PeriodSeconds: 1, FailureThreshold: 30, ProbeHandler: v1.ProbeHandler{Exec: &v1.ExecAction{Command: []string{"/bin/cat", "/tmp/started"}}}}
+	pod.Spec.Containers[0].LivenessProbe = &v1.Probe{PeriodSeconds: 5, ProbeHandler: v1.ProbeHandler{HTTPGet: &v1.HTTPGetAction{Port: intstr.FromInt32(8080)}}}
+	e.prober.set(livenessProbe, true)
+	rec := &fakeRecorder{}
+	e.agent.recorder = rec
+	e.add(t, pod)
+	e.nextProcess(t)
+	// Until the startup probe passes, the container is not started, not ready, and its
+	// liveness probe does not run.
+	rec.waitEvent(t, recordedEvent{"spec.containers{echo}", v1.EventTypeWarning, "Unhealthy", "Startup probe failed: probe says no"})
+	got := e.waitStatus(t, "slow", "running, not started", func(p *v1.Pod) bool { return containerStatus(p).State.Running != nil })
+	if s := containerStatus(got); *s.Started || s.Ready {
+		t.Errorf("status before the startup probe passed: %+v", s)
+	}
+	e.prober.set(startupProbe, true)
+	e.stepUntil(t, "slow", "started and ready", time.Second, func(p *v1.Pod) bool {
+		s := containerStatus(p)
+		return s.Started != nil && *s.Started && s.Ready
+	})
+	for _, ev := range rec.all() {
+		if ev.reason == "Unhealthy" && strings.HasPrefix(ev.message, "Liveness") {
+			t.Errorf("liveness probe failed: %s", ev)
 		}
 	}
 }

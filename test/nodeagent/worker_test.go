@@ -13,6 +13,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	v1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
@@ -122,13 +123,14 @@ func (p *fakeProber) set(kind probeKind, ok bool) {
 }
 
 func (p *fakeProber) probe(_ context.Context, spec *v1.Probe, t probeTarget) (bool, string) {
+	// The target's container is a copy: tell the kinds apart by value.
 	c := t.container
 	kind := readinessProbe
-	switch spec {
-	case c.LivenessProbe:
-		kind = livenessProbe
-	case c.StartupProbe:
+	switch {
+	case apiequality.Semantic.DeepEqual(spec, c.StartupProbe):
 		kind = startupProbe
+	case apiequality.Semantic.DeepEqual(spec, c.LivenessProbe):
+		kind = livenessProbe
 	}
 	p.mu.Lock()
 	ok := p.ok[kind]
