@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -405,5 +406,39 @@ func TestWorkerStartupProbe(t *testing.T) {
 		if ev.reason == "Unhealthy" && strings.HasPrefix(ev.message, "Liveness") {
 			t.Errorf("liveness probe failed: %s", ev)
 		}
+	}
+}
+
+func TestNsenterRunner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("nsenter needs root")
+	}
+	if _, err := exec.LookPath("nsenter"); err != nil {
+		t.Skip("no nsenter")
+	}
+	// This process's own namespaces stand in for a container's.
+	self := execTarget{pid: os.Getpid(), env: []string{"PROBE_MARKER=from-the-container"}, uid: ptr.To[int64](1234), gid: ptr.To[int64](1234), workDir: "/tmp"}
+	tests := []struct {
+		name     string
+		argv     []string
+		timeout  time.Duration
+		wantOut  string
+		wantCode int
+		wantErr  error
+	}{
+		{name: "environment, identity and working directory", argv: []string{"/bin/sh", "-c", `echo "$PROBE_MARKER $(id -u):$(id -g) $(pwd)"`}, timeout: 10 * time.Second,
+			wantOut: "from-the-container 1234:1234 /tmp\n"},
+		{name: "exit code", argv: []string{"/bin/sh", "-c", "exit 3"}, timeout: 10 * time.Second, wantCode: 3},
+		{name: "killed at the timeout", argv: []string{"/bin/sleep", "30"}, timeout: 300 * time.Millisecond, wantCode: -1, wantErr: errExecTimeout},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), tt.timeout)
+			defer cancel()
+			out, code, err := nsenterRunner{nsenter: "nsenter"}.run(ctx, self, tt.argv)
+			if string(out) != tt.wantOut || code != tt.wantCode || !errors.Is(err, tt.wantErr) {
+				t.Errorf("got (%q, %d, %v), want (%q, %d, %v)", out, code, err, tt.wantOut, tt.wantCode, tt.wantErr)
+			}
+		})
 	}
 }
