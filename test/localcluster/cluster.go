@@ -186,6 +186,7 @@ func (c *Cluster) startSupervisor() (<-chan supervisorEvent, error) {
 		StopTimeout:               c.opts.StopTimeout,
 		ComponentGracePeriod:      c.opts.ComponentGracePeriod,
 		ExtraArgs:                 c.opts.ExtraArgs,
+		DownwardAPISyncDelay:      c.opts.DownwardAPISyncDelay,
 	}
 	raw, err := json.Marshal(cfg)
 	if err != nil {
@@ -303,6 +304,15 @@ func (c *Cluster) Client() kubernetes.Interface { return c.client }
 
 // APIPort is the host loopback port forwarded to kube-apiserver.
 func (c *Cluster) APIPort() int { return c.apiPort }
+
+// SupervisorPID is the process that runs the control plane's supervision and the node agent
+// (0 before the cluster started): its memory is the node agent's cost per pod.
+func (c *Cluster) SupervisorPID() int {
+	if c.supervisor == nil || c.supervisor.Process == nil {
+		return 0
+	}
+	return c.supervisor.Process.Pid
+}
 
 // StateDir is the cluster's private directory: logs, certificates, etcd data.
 func (c *Cluster) StateDir() string { return c.stateDir }

@@ -23,8 +23,10 @@ func (s *supervisor) startNodeAgent() error {
 		PodCIDR:       PodCIDR,
 		Images:        s.cfg.Images,
 		StateDir:      s.path("node"),
-		ClusterDNS:    []string{ClusterDNSIP},
-		ClusterDomain: ClusterDomain,
+		// Downward API files change a moment after a label does, as on a kubelet.
+		DownwardAPISyncDelay: s.cfg.DownwardAPISyncDelay,
+		ClusterDNS:           []string{ClusterDNSIP},
+		ClusterDomain:        ClusterDomain,
 		KubeletAPI: nodeagent.KubeletAPIOptions{
 			Port:         KubeletPort,
 			CertFile:     s.pki.KubeletServing.CertFile,

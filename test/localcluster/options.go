@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/wsscale/wsscale/test/nodeagent"
 )
 
 // Addresses and ports of the node network. They are fixed: the namespace is private,
@@ -73,6 +75,9 @@ type Options struct {
 	ExtraArgs map[string][]string
 	// KeepState leaves the state directory (logs, certificates) in place on exit.
 	KeepState bool
+	// DownwardAPISyncDelay is how long after a pod's labels or annotations change its
+	// downwardAPI files do, as a kubelet's next pod sync (negative: at once).
+	DownwardAPISyncDelay time.Duration
 }
 
 // NewOptions returns options with defaults suited to fast tests.
@@ -89,6 +94,7 @@ func NewOptions() *Options {
 		StartTimeout:              3 * time.Minute,
 		StopTimeout:               90 * time.Second,
 		ComponentGracePeriod:      10 * time.Second,
+		DownwardAPISyncDelay:      nodeagent.DefaultDownwardAPISyncDelay,
 	}
 }
 
@@ -120,6 +126,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.StartTimeout, "start-timeout", o.StartTimeout, "How long start-up may take before it is abandoned.")
 	fs.DurationVar(&o.StopTimeout, "stop-timeout", o.StopTimeout, "How long teardown may take before remaining processes are killed.")
 	fs.DurationVar(&o.ComponentGracePeriod, "component-grace-period", o.ComponentGracePeriod, "Time between SIGTERM and SIGKILL for each component.")
+	fs.DurationVar(&o.DownwardAPISyncDelay, "downward-api-sync-delay", o.DownwardAPISyncDelay, "How long after a pod's labels or annotations change its downwardAPI files do, as a kubelet's next sync (negative: at once).")
 	fs.BoolVar(&o.KeepState, "keep-state", o.KeepState, "Keep the state directory (logs, certificates, etcd data) on exit.")
 	fs.Var(&componentArgsFlag{args: &o.ExtraArgs}, "component-arg",
 		"Extra flag for a component, as <component>=<flag>, e.g. kube-apiserver=--v=4 (repeatable).")

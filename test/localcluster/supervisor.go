@@ -58,6 +58,7 @@ type supervisorConfig struct {
 	StopTimeout               time.Duration
 	ComponentGracePeriod      time.Duration
 	ExtraArgs                 map[string][]string
+	DownwardAPISyncDelay      time.Duration
 }
 
 // supervisorEvent is one line of the supervisor's report to the parent.

@@ -21,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
 )
@@ -31,13 +32,17 @@ const maxConcurrentNetworkOps = 4
 // Agent is a process-based node agent: it registers a Node and runs the pods bound to it
 // as local processes, each in its own network, mount and UTS namespace.
 type Agent struct {
-	opts        Options
-	client      kubernetes.Interface
-	clock       clock.WithTicker
-	ips         *ipAllocator
-	network     podNetwork
-	runtime     containerRuntime
-	prober      probeRunner
+	opts    Options
+	client  kubernetes.Interface
+	clock   clock.WithTicker
+	ips     *ipAllocator
+	network podNetwork
+	runtime containerRuntime
+	prober  probeRunner
+	// events sends what recorder records to the API; recorder reports as the kubelet.
+	events      record.EventBroadcaster
+	recorder    record.EventRecorder
+	commands    commandRunner
 	images      imageResolver
 	allocatable v1.ResourceList
 	// prepareNode readies the node network namespace (IPv4 forwarding).
@@ -78,6 +83,7 @@ func New(o Options) (*Agent, error) {
 		}
 		o.Client = client
 	}
+	events, recorder := newEventRecorder(o.NodeName)
 	nodeIP := netip.MustParseAddr(o.NodeIP)
 	cidr := netip.MustParsePrefix(o.PodCIDR)
 	a := &Agent{
@@ -87,7 +93,10 @@ func New(o Options) (*Agent, error) {
 		ips:          newIPAllocator(cidr, nodeIP),
 		network:      &vethNetwork{dir: filepath.Join(o.StateDir, "netns"), nodeIP: o.NodeIP},
 		runtime:      &processRuntime{clock: o.Clock},
-		prober:       newNetworkProber(),
+		prober:       newProber(nsenterRunner{nsenter: "nsenter"}),
+		commands:     nsenterRunner{nsenter: "nsenter"},
+		events:       events,
+		recorder:     recorder,
 		images:       imageResolver{images: o.Images},
 		prepareNode:  enableForwarding,
 		networkSlots: make(chan struct{}, maxConcurrentNetworkOps),
@@ -136,6 +145,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 	log.Info("Node registered", "nodeIP", a.opts.NodeIP, "podCIDR", a.opts.PodCIDR)
+
+	startEventSink(a.events, a.client)
+	// Shut down last: the pods' final events (Killing) go out first.
+	defer a.events.Shutdown()
 
 	a.mu.Lock()
 	a.runCtx = ctx

@@ -29,8 +29,9 @@
 //     downwardAPI and projected (serviceAccountToken from the TokenRequest API, configMap,
 //     secret, downwardAPI). API-backed volumes are written like the kubelet's AtomicWriter
 //     (timestamped directory, ..data symlink swapped by rename, user-visible symlinks), so
-//     a file a container watches changes in place: downward API files on every pod update,
-//     the others every VolumeResyncPeriod; tokens are renewed at 80% of their lifetime.
+//     a file a container watches changes in place: downward API files DownwardAPISyncDelay
+//     after the pod's labels or annotations change (a kubelet's next sync), the others
+//     every VolumeResyncPeriod; tokens are renewed at 80% of their lifetime.
 //     Labels and annotations use the kubelet format: sorted key="value" lines, Go %q quoting.
 //   - Its containers as processes. The agent re-executes its own binary (/proc/self/exe)
 //     with fresh mount and UTS namespaces; this package's init notices the launch variable,
@@ -52,22 +53,37 @@
 //     secretKeyRef), then KUBERNETES_SERVICE_HOST=NodeIP and KUBERNETES_SERVICE_PORT=
 //     APIServerPort. A missing reference leaves the container waiting with
 //     CreateContainerConfigError until it appears.
-//   - Probes: httpGet and tcpSocket startup, liveness and readiness probes dialled from the
-//     node namespace to the pod IP, with the API's defaults and thresholds; exec and grpc
-//     probes are not run and count as passing. A failed liveness or startup probe stops
-//     the container (SIGTERM, SIGKILL after the grace period), which then restarts.
+//   - Init containers first, one at a time in order, each to completion; a failed one
+//     restarts with back-off (or, with restartPolicy Never, fails the pod). Meanwhile the
+//     pod is Pending, Initialized is False and the other containers wait PodInitializing.
+//     An init container with restartPolicy Always (a sidecar) counts as done once started,
+//     keeps running and restarting whatever the pod's policy, and counts towards readiness;
+//     it stops with the other containers, not after them.
+//   - Probes: startup, liveness and readiness probes with the API's defaults and
+//     thresholds. httpGet, tcpSocket and grpc (grpc.health.v1) are dialled from the node
+//     namespace to the pod IP; exec probes run their command (from the node's filesystem:
+//     the images have no shell) with nsenter in the container's mount, network and UTS
+//     namespaces, with its uid, gid, environment and working directory, killed at the
+//     probe's timeout. A failed liveness or startup probe stops the container (SIGTERM,
+//     SIGKILL after the grace period), which then restarts.
+//   - Hooks: postStart (exec, httpGet, sleep) runs after the start and holds probes and
+//     readiness back until it returns; when it fails the container is killed with
+//     FailedPostStartHook and restarts per restartPolicy.
 //   - Restarts per restartPolicy with the kubelet's back-off: the first immediately, then
 //     CrashLoopBackOff from CrashLoopBackOffBase doubling up to CrashLoopBackOffMax; a run
 //     longer than twice the maximum resets it.
 //   - A status like the kubelet's: phase, conditions (PodReadyToStartContainers,
 //     Initialized, ContainersReady, Ready, PodScheduled), podIP(s), hostIP(s), startTime and
 //     container statuses with state, lastState, ready, started and restartCount.
+//   - Events as the kubelet reports them (source component "kubelet", host NodeName):
+//     Pulled, Created, Started, Killing, Unhealthy, BackOff, Failed, FailedMount,
+//     FailedCreatePodSandBox, FailedPostStartHook and FailedPreStopHook.
 //   - Logs: each run's stdout and stderr in StateDir/logs/<ns>_<pod>_<uid>/<container>/<n>.log,
 //     kept after the pod is gone.
 //
 // # Termination
 //
-// When the pod gets a deletionTimestamp, the worker runs preStop hooks (sleep, httpGet),
+// When the pod gets a deletionTimestamp, the worker runs preStop hooks (exec, sleep, httpGet),
 // sends SIGTERM to each container's process group and SIGKILL when the deletion grace
 // period ends, removes the network namespace, veth pair, mount points and volume
 // directories, writes the final status and deletes the pod with grace period 0. A pod
@@ -75,6 +91,5 @@
 // When Run's context ends, every pod is stopped with its grace period capped at
 // ShutdownGracePeriod and nothing is written to the API.
 //
-// Not supported: init and ephemeral containers, exec and grpc probes, postStart hooks,
-// resource limits, DNS (/etc/resolv.conf and /etc/hosts are the node's), image pull secrets.
+// Not supported: ephemeral containers, resource limits, image pull secrets.
 package nodeagent

@@ -27,6 +27,7 @@ const (
 	DefaultNodeStatusPeriod     = 10 * time.Second
 	DefaultVolumeResyncPeriod   = 15 * time.Second
 	DefaultShutdownGracePeriod  = 10 * time.Second
+	DefaultDownwardAPISyncDelay = 2 * time.Second
 )
 
 // Options configures one node agent. Several agents may run in one process as long as
@@ -67,6 +68,11 @@ type Options struct {
 	VolumeResyncPeriod time.Duration
 	// ShutdownGracePeriod caps the termination grace of each pod when the agent stops.
 	ShutdownGracePeriod time.Duration
+	// DownwardAPISyncDelay is how long after a change of a pod's labels or annotations its
+	// downwardAPI files change (default DefaultDownwardAPISyncDelay): a kubelet rewrites
+	// them at its next pod sync, not at once, and code that watches them (a drain label)
+	// should meet that timing. A negative value updates them at once.
+	DownwardAPISyncDelay time.Duration
 
 	// Client, when set, is used instead of a client built from Kubeconfig.
 	Client kubernetes.Interface
@@ -95,6 +101,10 @@ func (o *Options) complete() {
 	o.NodeStatusPeriod = cmp.Or(o.NodeStatusPeriod, DefaultNodeStatusPeriod)
 	o.VolumeResyncPeriod = cmp.Or(o.VolumeResyncPeriod, DefaultVolumeResyncPeriod)
 	o.ShutdownGracePeriod = cmp.Or(o.ShutdownGracePeriod, DefaultShutdownGracePeriod)
+	o.DownwardAPISyncDelay = cmp.Or(o.DownwardAPISyncDelay, DefaultDownwardAPISyncDelay)
+	if o.DownwardAPISyncDelay < 0 {
+		o.DownwardAPISyncDelay = 0
+	}
 	if o.Clock == nil {
 		o.Clock = clock.RealClock{}
 	}

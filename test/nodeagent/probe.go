@@ -3,6 +3,7 @@ package nodeagent
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -11,8 +12,14 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 )
 
 // probeKind says what a probe's outcome does to the container.
@@ -28,21 +35,30 @@ func (k probeKind) String() string {
 	return [...]string{"Startup", "Liveness", "Readiness"}[k]
 }
 
-// probeRunner executes one probe attempt against a pod IP from the node network namespace.
+// probeTarget is the container a probe (or a lifecycle hook) is run against.
+type probeTarget struct {
+	podIP     string
+	container *v1.Container
+	// exec is where exec probes run: the container's running process.
+	exec execTarget
+}
+
+// probeRunner executes one probe attempt: httpGet, tcpSocket and grpc against the pod IP
+// from the node network namespace, exec in the container's namespaces.
 type probeRunner interface {
-	probe(ctx context.Context, p *v1.Probe, podIP string, c *v1.Container) (bool, string)
+	probe(ctx context.Context, p *v1.Probe, t probeTarget) (bool, string)
 }
 
-// networkProber runs httpGet and tcpSocket probes. exec and grpc probes are not run by
-// the process-based node agent; they count as successful.
-type networkProber struct {
+// prober runs every kind of probe the API has.
+type prober struct {
 	transport *http.Transport
+	commands  commandRunner
 }
 
-var _ probeRunner = (*networkProber)(nil)
+var _ probeRunner = (*prober)(nil)
 
-func newNetworkProber() *networkProber {
-	return &networkProber{transport: &http.Transport{
+func newProber(commands commandRunner) *prober {
+	return &prober{commands: commands, transport: &http.Transport{
 		DisableKeepAlives:  true,
 		DisableCompression: true,
 		TLSClientConfig:    &tls.Config{InsecureSkipVerify: true}, // as the kubelet: probes do not verify.
@@ -77,10 +93,15 @@ func resolvePort(port intstr.IntOrString, c *v1.Container) (int, error) {
 	return 0, fmt.Errorf("port %q not found in container %s", port.StrVal, c.Name)
 }
 
-func (np *networkProber) probe(ctx context.Context, p *v1.Probe, podIP string, c *v1.Container) (bool, string) {
+func (np *prober) probe(ctx context.Context, p *v1.Probe, t probeTarget) (bool, string) {
 	ctx, cancel := context.WithTimeout(ctx, probeTimeout(p))
 	defer cancel()
+	podIP, c := t.podIP, t.container
 	switch {
+	case p.Exec != nil:
+		return execProbe(ctx, np.commands, p.Exec.Command, t.exec)
+	case p.GRPC != nil:
+		return grpcProbe(ctx, p.GRPC, podIP)
 	case p.HTTPGet != nil:
 		return np.httpGet(ctx, p.HTTPGet, podIP, c)
 	case p.TCPSocket != nil:
@@ -100,10 +121,53 @@ func (np *networkProber) probe(ctx context.Context, p *v1.Probe, podIP string, c
 		conn.Close()
 		return true, ""
 	}
-	return true, "probe type not run by the process-based node agent"
+	return false, "probe has no handler"
 }
 
-func (np *networkProber) httpGet(ctx context.Context, h *v1.HTTPGetAction, podIP string, c *v1.Container) (bool, string) {
+// execProbe passes when the command exits 0; its output is the failure message, as the
+// kubelet reports it.
+func execProbe(ctx context.Context, commands commandRunner, argv []string, target execTarget) (bool, string) {
+	out, code, err := commands.run(ctx, target, argv)
+	switch {
+	case errors.Is(err, errExecTimeout):
+		return false, fmt.Sprintf("command %q timed out", strings.Join(argv, " "))
+	case err != nil:
+		return false, err.Error()
+	case code != 0:
+		msg := strings.TrimSpace(string(out))
+		if msg == "" {
+			msg = fmt.Sprintf("command %q exited with %d", strings.Join(argv, " "), code)
+		}
+		return false, msg
+	}
+	return true, ""
+}
+
+// grpcProbe calls grpc.health.v1.Health/Check on the pod IP without TLS, as the kubelet.
+func grpcProbe(ctx context.Context, g *v1.GRPCAction, podIP string) (bool, string) {
+	addr := net.JoinHostPort(podIP, strconv.Itoa(int(g.Port)))
+	conn, err := grpc.NewClient("passthrough:///"+addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithNoProxy(),
+		grpc.WithUserAgent("kube-probe/1.37"))
+	if err != nil {
+		return false, fmt.Sprintf("failed to connect service %q: %v", addr, err)
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{Service: ptr.Deref(g.Service, "")})
+	if err != nil {
+		if status.Code(err) == codes.DeadlineExceeded {
+			return false, "timeout: health rpc did not complete within the probe's timeout"
+		}
+		return false, fmt.Sprintf("error: health rpc probe failed: %v", err)
+	}
+	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		return false, fmt.Sprintf("service unhealthy (responded with %q)", resp.GetStatus().String())
+	}
+	return true, ""
+}
+
+func (np *prober) httpGet(ctx context.Context, h *v1.HTTPGetAction, podIP string, c *v1.Container) (bool, string) {
 	port, err := resolvePort(h.Port, c)
 	if err != nil {
 		return false, err.Error()

@@ -15,6 +15,34 @@ type statusInput struct {
 	startTime    time.Time
 	sandboxReady bool
 	containers   []v1.ContainerStatus
+	// initContainers are the init containers' statuses, in order.
+	initContainers []v1.ContainerStatus
+	// initialized is set once the pod was initialised: a sidecar that restarts later does
+	// not take that back.
+	initialized bool
+}
+
+// initPending returns the init containers that have not completed, and whether one of
+// them failed for good (it stopped and will not restart).
+func initPending(pod *v1.Pod, statuses []v1.ContainerStatus) (pending []string, failed bool) {
+	for i, s := range statuses {
+		if i < len(pod.Spec.InitContainers) && isSidecar(&pod.Spec.InitContainers[i]) {
+			// A sidecar is done once it has started.
+			if s.Started == nil || !*s.Started {
+				pending = append(pending, s.Name)
+			}
+			continue
+		}
+		t := s.State.Terminated
+		if t != nil && t.ExitCode == 0 {
+			continue
+		}
+		pending = append(pending, s.Name)
+		if t != nil && pod.Spec.RestartPolicy == v1.RestartPolicyNever {
+			failed = true
+		}
+	}
+	return pending, failed
 }
 
 // podPhase follows the kubelet: a container waiting for its first start keeps the pod
@@ -86,9 +114,23 @@ func condition(old []v1.PodCondition, t v1.PodConditionType, ok bool, reason, me
 // transition times are kept where nothing changed.
 func buildPodStatus(pod *v1.Pod, in statusInput) v1.PodStatus {
 	st := v1.PodStatus{
-		Phase:             podPhase(pod.Spec.RestartPolicy, in.containers),
-		ContainerStatuses: in.containers,
-		QOSClass:          pod.Status.QOSClass,
+		Phase:                 podPhase(pod.Spec.RestartPolicy, in.containers),
+		ContainerStatuses:     in.containers,
+		InitContainerStatuses: in.initContainers,
+		QOSClass:              pod.Status.QOSClass,
+	}
+	// Until every init container has completed the pod is Pending, or Failed when one
+	// failed and will not run again.
+	var initNotDone []string
+	var initFailed bool
+	if !in.initialized {
+		initNotDone, initFailed = initPending(pod, in.initContainers)
+	}
+	switch {
+	case initFailed:
+		st.Phase = v1.PodFailed
+	case len(initNotDone) > 0:
+		st.Phase = v1.PodPending
 	}
 	if in.hostIP != "" {
 		st.HostIP = in.hostIP
@@ -104,6 +146,12 @@ func buildPodStatus(pod *v1.Pod, in statusInput) v1.PodStatus {
 	}
 
 	var notReady []string
+	for i, c := range in.initContainers {
+		// Sidecars count towards the pod's readiness like its other containers.
+		if i < len(pod.Spec.InitContainers) && isSidecar(&pod.Spec.InitContainers[i]) && !c.Ready {
+			notReady = append(notReady, c.Name)
+		}
+	}
 	for _, c := range in.containers {
 		if !c.Ready {
 			notReady = append(notReady, c.Name)
@@ -119,10 +167,14 @@ func buildPodStatus(pod *v1.Pod, in statusInput) v1.PodStatus {
 		containersReady = false
 		reason, msg = "PodCompleted", ""
 	}
+	initReason, initMsg := "", ""
+	if len(initNotDone) > 0 {
+		initReason, initMsg = "ContainersNotInitialized", "containers with incomplete status: "+bracketed(initNotDone)
+	}
 	old := pod.Status.Conditions
 	st.Conditions = []v1.PodCondition{
 		condition(old, v1.PodReadyToStartContainers, in.sandboxReady, "", "", in.now),
-		condition(old, v1.PodInitialized, true, "", "", in.now),
+		condition(old, v1.PodInitialized, len(initNotDone) == 0, initReason, initMsg, in.now),
 		condition(old, v1.ContainersReady, containersReady, reason, msg, in.now),
 		condition(old, v1.PodReady, containersReady, reason, msg, in.now),
 		condition(old, v1.PodScheduled, true, "", "", in.now),

@@ -44,6 +44,15 @@ type probeResult struct {
 	msg   string
 }
 
+// hookResult reports the end of a lifecycle hook.
+type hookResult struct {
+	index     int
+	gen       int
+	postStart bool
+	// failure is empty when the hook succeeded.
+	failure string
+}
+
 // probeState tracks one probe of a running container.
 type probeState struct {
 	spec      *v1.Probe
@@ -56,6 +65,14 @@ type probeState struct {
 // containerState is the node's view of one container of a pod.
 type containerState struct {
 	spec v1.Container
+	// init marks an init container: it runs to completion before the next one starts and
+	// before any regular container.
+	init bool
+	// sidecar marks an init container with restartPolicy Always: it keeps running next to
+	// the others and counts as done for the init sequence once started.
+	sidecar bool
+	// exec is where exec probes and hooks of the current run go.
+	exec execTarget
 
 	proc      containerProcess
 	gen       int // number of starts; results of earlier runs are ignored
@@ -77,7 +94,10 @@ type containerState struct {
 	sigtermSent   bool
 	sigkillSent   bool
 	preStopActive bool
-	release       []func()
+	// postStartActive holds probes back until the postStart hook returned, as the kubelet
+	// only reports the container started then.
+	postStartActive bool
+	release         []func()
 }
 
 func (c *containerState) containerID() string {
@@ -123,69 +143,139 @@ type podWorker struct {
 	mu     sync.Mutex
 	latest *v1.Pod
 	gone   bool
-	notify chan struct{}
+	// pendingDownward is when a change of labels or annotations, seen on an update, is
+	// due in the downwardAPI files: a kubelet writes them at its next pod sync, a moment
+	// after the update arrived.
+	pendingDownward time.Time
+	notify          chan struct{}
 
 	exits  chan containerExit
 	probes chan probeResult
-	hooks  chan int
+	hooks  chan hookResult
 	done   chan struct{}
 
 	// Owned by run.
-	pod             *v1.Pod
-	ip              netip.Addr
-	netns           string
-	podDir          string
-	volumes         *podVolumes
-	containers      []*containerState
-	startTime       time.Time
-	sandboxReady    bool
-	volumesReady    bool
-	setupErr        error
-	setupRetryAt    time.Time
-	setupBackOff    crashBackOff
-	nextVolumeSync  time.Time
-	lastStatus      *v1.PodStatus
-	statusRetryAt   time.Time
-	terminating     bool
-	shutdown        bool
-	killAt          time.Time
-	finalized       bool
-	podUpdated      bool
-	warnedProbeType map[string]bool
+	pod            *v1.Pod
+	ip             netip.Addr
+	netns          string
+	podDir         string
+	volumes        *podVolumes
+	containers     []*containerState
+	startTime      time.Time
+	sandboxReady   bool
+	volumesReady   bool
+	setupErr       error
+	setupRetryAt   time.Time
+	setupBackOff   crashBackOff
+	nextVolumeSync time.Time
+	lastStatus     *v1.PodStatus
+	statusRetryAt  time.Time
+	terminating    bool
+	shutdown       bool
+	killAt         time.Time
+	finalized      bool
+	// downwardAt is the run loop's copy of pendingDownward.
+	downwardAt time.Time
+	// initDone is set once every init container has completed (sidecars: started).
+	initDone bool
 }
 
 func newPodWorker(a *Agent, pod *v1.Pod) *podWorker {
+	n := len(pod.Spec.InitContainers) + len(pod.Spec.Containers)
 	w := &podWorker{
-		agent:           a,
-		uid:             pod.UID,
-		latest:          pod,
-		notify:          make(chan struct{}, 1),
-		exits:           make(chan containerExit, 2*len(pod.Spec.Containers)+1),
-		probes:          make(chan probeResult, 3*len(pod.Spec.Containers)+1),
-		hooks:           make(chan int, len(pod.Spec.Containers)+1),
-		done:            make(chan struct{}),
-		podDir:          filepath.Join(a.opts.StateDir, "pods", string(pod.UID)),
-		setupBackOff:    crashBackOff{base: time.Second, max: 30 * time.Second},
-		warnedProbeType: map[string]bool{},
+		agent:        a,
+		uid:          pod.UID,
+		latest:       pod,
+		notify:       make(chan struct{}, 1),
+		exits:        make(chan containerExit, 2*n+1),
+		probes:       make(chan probeResult, 3*n+1),
+		hooks:        make(chan hookResult, 2*n+1),
+		done:         make(chan struct{}),
+		podDir:       filepath.Join(a.opts.StateDir, "pods", string(pod.UID)),
+		setupBackOff: crashBackOff{base: time.Second, max: 30 * time.Second},
 	}
 	w.volumes = newPodVolumes(a.client, a.clock, filepath.Join(w.podDir, "volumes"), a.allocatable)
-	for i := range pod.Spec.Containers {
-		c := &containerState{
-			spec:       *pod.Spec.Containers[i].DeepCopy(),
+	add := func(spec *v1.Container, init bool) {
+		w.containers = append(w.containers, &containerState{
+			spec:       *spec.DeepCopy(),
+			init:       init,
+			sidecar:    init && isSidecar(spec),
 			crash:      crashBackOff{base: a.opts.CrashLoopBackOffBase, max: a.opts.CrashLoopBackOffMax},
 			startRetry: crashBackOff{base: a.opts.CrashLoopBackOffBase, max: a.opts.CrashLoopBackOffMax},
-		}
-		w.containers = append(w.containers, c)
+		})
+	}
+	// Init containers come first, so that their indexes are the same in w.containers.
+	for i := range pod.Spec.InitContainers {
+		add(&pod.Spec.InitContainers[i], true)
+	}
+	for i := range pod.Spec.Containers {
+		add(&pod.Spec.Containers[i], false)
 	}
 	return w
+}
+
+// downwardMeta is what of a pod its downwardAPI files show and the API can change.
+func downwardMeta(pod *v1.Pod) string {
+	return fmt.Sprint(pod.Labels, pod.Annotations)
+}
+
+// specOf is the current spec of container i (init containers first).
+func (w *podWorker) specOf(i int) *v1.Container {
+	n := len(w.pod.Spec.InitContainers)
+	if i < n {
+		return &w.pod.Spec.InitContainers[i]
+	}
+	return &w.pod.Spec.Containers[i-n]
+}
+
+// initialized reports whether every init container has completed.
+func (w *podWorker) initialized() bool {
+	if w.initDone {
+		// As the kubelet, init containers never run again once the pod is initialised.
+		return true
+	}
+	for _, c := range w.containers {
+		if c.init && !c.initStepDone() {
+			return false
+		}
+	}
+	w.initDone = true
+	return true
+}
+
+// initStepDone reports whether the init sequence may go past init container c: it
+// completed, or it is a sidecar that has started.
+func (c *containerState) initStepDone() bool {
+	if c.sidecar {
+		return c.proc != nil && c.started
+	}
+	return c.terminated != nil && c.terminated.ExitCode == 0
+}
+
+// isSidecar reports whether init container c is a sidecar (restartPolicy Always).
+func isSidecar(c *v1.Container) bool {
+	return c.RestartPolicy != nil && *c.RestartPolicy == v1.ContainerRestartPolicyAlways
 }
 
 // update hands the worker a newer version of its pod.
 func (w *podWorker) update(pod *v1.Pod) {
 	w.mu.Lock()
+	if w.pendingDownward.IsZero() && downwardMeta(pod) != downwardMeta(w.latest) {
+		w.pendingDownward = w.agent.clock.Now().Add(w.agent.opts.DownwardAPISyncDelay)
+	}
 	w.latest = pod
 	w.mu.Unlock()
 	w.poke()
+}
+
+// downwardWritten clears the pending downward API update the files now show.
+func (w *podWorker) downwardWritten() {
+	w.mu.Lock()
+	if w.pendingDownward.Equal(w.downwardAt) {
+		w.pendingDownward = time.Time{}
+	}
+	w.mu.Unlock()
+	w.downwardAt = time.Time{}
 }
 
 // markGone tells the worker its pod was removed from the API.
@@ -209,6 +299,14 @@ func (w *podWorker) snapshot() (*v1.Pod, bool) {
 	return w.latest, w.gone
 }
 
+// take is snapshot for the run loop: with it, when the pod's change of labels or
+// annotations is due in the files, read under the same lock.
+func (w *podWorker) take() (*v1.Pod, bool, time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.latest, w.gone, w.pendingDownward
+}
+
 func (w *podWorker) logger() klog.Logger {
 	return klog.Background().WithValues("node", w.agent.opts.NodeName, "pod", klog.KObj(w.pod))
 }
@@ -217,11 +315,8 @@ func (w *podWorker) run(ctx context.Context) {
 	defer close(w.done)
 	for {
 		now := w.agent.clock.Now()
-		pod, gone := w.snapshot()
-		if w.pod != nil && pod != w.pod {
-			// Every informer update is a new object; labels or annotations may have changed.
-			w.podUpdated = true
-		}
+		pod, gone, downwardAt := w.take()
+		w.downwardAt = downwardAt
 		w.pod = pod
 		if (gone || pod.DeletionTimestamp != nil || ctx.Err() != nil) && !w.terminating {
 			w.beginTermination(ctx, now, gone)
@@ -277,8 +372,8 @@ func (w *podWorker) wait(ctx context.Context, d time.Duration) {
 		w.handleExit(ev)
 	case r := <-w.probes:
 		w.handleProbe(ctx, r)
-	case i := <-w.hooks:
-		w.containers[i].preStopActive = false
+	case r := <-w.hooks:
+		w.handleHook(r)
 	case <-timeout:
 	case <-ctxDone:
 	}
@@ -301,10 +396,12 @@ func (w *podWorker) nextWake(now time.Time) time.Duration {
 			consider(w.setupRetryAt)
 		}
 		consider(w.nextVolumeSync)
+		consider(w.downwardAt)
 	}
 	consider(w.statusRetryAt)
+	initialized := w.initialized()
 	for _, c := range w.containers {
-		if c.proc == nil && c.terminated == nil && !w.terminating {
+		if c.proc == nil && c.terminated == nil && !w.terminating && (c.init != initialized || c.sidecar) {
 			consider(c.nextStartAt)
 		}
 		if c.proc != nil && !w.terminating {
@@ -346,22 +443,42 @@ func (w *podWorker) sync(ctx context.Context, now time.Time) {
 	if (!w.sandboxReady || !w.volumesReady) && !now.Before(w.setupRetryAt) {
 		w.setup(ctx, now)
 	}
-	if w.sandboxReady && w.volumesReady && (w.podUpdated || !now.Before(w.nextVolumeSync)) {
+	downwardDue := !w.downwardAt.IsZero() && !now.Before(w.downwardAt)
+	if w.sandboxReady && w.volumesReady && (downwardDue || !now.Before(w.nextVolumeSync)) {
 		refresh := !now.Before(w.nextVolumeSync)
-		if err := w.volumes.sync(ctx, w.podWithIPs(), refresh); err != nil {
+		pod := w.podWithIPs()
+		if err := w.volumes.sync(ctx, pod, refresh); err != nil {
 			w.logger().Error(err, "Updating volumes failed")
+		}
+		if downwardDue {
+			w.downwardWritten()
 		}
 		if refresh {
 			w.nextVolumeSync = now.Add(w.agent.opts.VolumeResyncPeriod)
 		}
 	}
-	w.podUpdated = false
 	if !w.sandboxReady || !w.volumesReady {
 		return
 	}
-	for i, c := range w.containers {
-		if c.proc == nil && c.terminated == nil && !now.Before(c.nextStartAt) {
-			w.startContainer(ctx, i, now)
+	if w.initialized() {
+		for i, c := range w.containers {
+			if (!c.init || c.sidecar) && c.proc == nil && c.terminated == nil && !now.Before(c.nextStartAt) {
+				w.startContainer(ctx, i, now)
+			}
+		}
+	} else {
+		// One init container at a time, in order, each to completion (a sidecar: until it
+		// has started); sidecars before the current one are restarted when they stop.
+		for i, c := range w.containers {
+			if !c.init {
+				continue
+			}
+			if c.proc == nil && c.terminated == nil && !now.Before(c.nextStartAt) && (c.sidecar || !c.initStepDone()) {
+				w.startContainer(ctx, i, now)
+			}
+			if !c.initStepDone() {
+				break
+			}
 		}
 	}
 	for i, c := range w.containers {
@@ -385,13 +502,18 @@ func (w *podWorker) sync(ctx context.Context, now time.Time) {
 func (w *podWorker) setup(ctx context.Context, now time.Time) {
 	var err error
 	if !w.sandboxReady {
-		err = w.setupSandbox(ctx)
+		if err = w.setupSandbox(ctx); err != nil {
+			w.event(nil, v1.EventTypeWarning, eventFailedSandbox, "Failed to create pod sandbox: %v", err)
+		}
 	}
 	if err == nil && !w.volumesReady {
-		if err = w.volumes.sync(ctx, w.podWithIPs(), true); err == nil {
+		pod := w.podWithIPs()
+		if err = w.volumes.sync(ctx, pod, true); err == nil {
 			w.volumesReady = true
+			w.downwardWritten()
 			w.nextVolumeSync = now.Add(w.agent.opts.VolumeResyncPeriod)
 		} else {
+			w.event(nil, v1.EventTypeWarning, eventFailedMount, "MountVolume.SetUp failed: %v", err)
 			err = fmt.Errorf("mount volumes: %w", err)
 		}
 	}
@@ -437,22 +559,29 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 	c := w.containers[i]
 	log := w.logger().WithValues("container", c.spec.Name)
 	retry := func(reason string, err error) {
+		if reason != "ErrImagePull" && reason != "ImagePullBackOff" {
+			w.event(c, v1.EventTypeWarning, eventFailed, "Error: %v", err)
+		}
 		c.waiting = &v1.ContainerStateWaiting{Reason: reason, Message: err.Error()}
 		c.nextStartAt = now.Add(c.startRetry.next(0))
 		log.Info("Container cannot start", "reason", reason, "err", err.Error())
 	}
-	if c.spec.Image != w.pod.Spec.Containers[i].Image {
-		c.spec.Image = w.pod.Spec.Containers[i].Image
+	if img := w.specOf(i).Image; c.spec.Image != img {
+		c.spec.Image = img
 	}
 	binary, err := w.agent.images.resolve(c.spec.Image)
 	if err != nil {
 		reason := "ErrImagePull"
 		if c.waiting != nil && (c.waiting.Reason == "ErrImagePull" || c.waiting.Reason == "ImagePullBackOff") {
 			reason = "ImagePullBackOff"
+			w.event(c, v1.EventTypeNormal, eventBackOff, "Back-off pulling image %q", c.spec.Image)
+		} else {
+			w.event(c, v1.EventTypeWarning, eventFailed, "Failed to pull image %q: %v", c.spec.Image, err)
 		}
 		retry(reason, err)
 		return
 	}
+	w.event(c, v1.EventTypeNormal, eventPulled, "Container image %q already present on machine", c.spec.Image)
 	c.imageID = "local://" + binary
 	pod := w.podWithIPs()
 	env, err := makeEnvironment(ctx, newObjectCache(w.agent.client, pod.Namespace), pod, &c.spec, w.agent.envContext())
@@ -504,6 +633,8 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 		}
 		var se *startError
 		if errors.As(err, &se) {
+			w.event(c, v1.EventTypeNormal, eventCreated, "Created container: %s", c.spec.Name)
+			w.event(c, v1.EventTypeWarning, eventFailed, "Error: %s", se.msg)
 			// The kubelet reports a failed exec as a terminated run that is restarted with back-off.
 			c.gen = gen
 			c.startedAt = now
@@ -513,20 +644,40 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 		retry("RunContainerError", err)
 		return
 	}
+	w.event(c, v1.EventTypeNormal, eventCreated, "Created container: %s", c.spec.Name)
+	w.event(c, v1.EventTypeNormal, eventStarted, "Started container %s", c.spec.Name)
 	log.Info("Started container", "pid", proc.pid(), "binary", binary, "restartCount", gen-1, "log", logPath)
 	c.proc, c.gen, c.startedAt = proc, gen, now
 	c.release = release
 	c.waiting, c.terminated = nil, nil
 	c.killAt, c.killReason, c.sigtermSent, c.sigkillSent = time.Time{}, "", false, false
 	c.startRetry.restarts = 0
+	c.exec = execTarget{pid: proc.pid(), env: spec.Env, uid: spec.UID, gid: spec.GID, workDir: spec.WorkDir}
 	c.started = c.spec.StartupProbe == nil
 	c.ready = false
+	if c.init && !c.sidecar {
+		// Init containers are not probed and are never ready.
+		c.started = false
+		return
+	}
 	for kind, spec := range []*v1.Probe{c.spec.StartupProbe, c.spec.LivenessProbe, c.spec.ReadinessProbe} {
 		c.probes[kind] = nil
 		if spec != nil {
 			c.probes[kind] = &probeState{spec: spec, nextAt: now.Add(time.Duration(spec.InitialDelaySeconds) * time.Second)}
 		}
 	}
+	c.postStartActive = false
+	if h := c.spec.Lifecycle; h != nil && h.PostStart != nil {
+		c.postStartActive = true
+		w.runHook(ctx, i, h.PostStart, true)
+		return
+	}
+	w.markStarted(c)
+}
+
+// markStarted makes a started container ready when nothing (postStart hook, startup or
+// readiness probe) holds it back.
+func (w *podWorker) markStarted(c *containerState) {
 	if c.started && c.probes[readinessProbe] == nil {
 		c.ready = true
 	}
@@ -686,8 +837,11 @@ func (w *podWorker) recordExit(c *containerState, st exitStatus, reason, message
 		case v1.RestartPolicyOnFailure:
 			restart = st.code != 0
 		default:
-			restart = true
+			// An init container that completed is done; one that failed runs again.
+			restart = !c.init || st.code != 0
 		}
+		// A sidecar restarts whatever the pod's policy.
+		restart = restart || c.sidecar
 	}
 	if !restart {
 		c.terminated = term
@@ -699,6 +853,7 @@ func (w *podWorker) recordExit(c *containerState, st exitStatus, reason, message
 	c.nextStartAt = st.at.Add(delay)
 	c.waiting = nil
 	if delay > 0 {
+		w.event(c, v1.EventTypeWarning, eventBackOff, "Back-off restarting failed container %s in pod %s_%s(%s)", c.spec.Name, w.pod.Name, w.pod.Namespace, w.uid)
 		c.waiting = &v1.ContainerStateWaiting{
 			Reason:  "CrashLoopBackOff",
 			Message: fmt.Sprintf("back-off %s restarting failed container=%s pod=%s_%s(%s)", delay, c.spec.Name, w.pod.Name, w.pod.Namespace, w.uid),
@@ -707,6 +862,9 @@ func (w *podWorker) recordExit(c *containerState, st exitStatus, reason, message
 }
 
 func (w *podWorker) probeActive(c *containerState, p *probeState) bool {
+	if c.postStartActive {
+		return false
+	}
 	switch p {
 	case c.probes[startupProbe]:
 		return !c.started && !w.terminating
@@ -721,13 +879,9 @@ func (w *podWorker) launchProbe(ctx context.Context, i int, kind probeKind) {
 	c := w.containers[i]
 	p := c.probes[kind]
 	p.inFlight = true
-	if p.spec.HTTPGet == nil && p.spec.TCPSocket == nil && !w.warnedProbeType[c.spec.Name] {
-		w.warnedProbeType[c.spec.Name] = true
-		w.logger().Info("Probe type not run by the process-based node agent; treated as passing", "container", c.spec.Name, "probe", kind.String())
-	}
-	spec, podIP, container, gen := p.spec, w.ip.String(), c.spec.DeepCopy(), c.gen
+	spec, target, gen := p.spec, w.probeTarget(c), c.gen
 	go func() {
-		ok, msg := w.agent.prober.probe(ctx, spec, podIP, container)
+		ok, msg := w.agent.prober.probe(ctx, spec, target)
 		select {
 		case w.probes <- probeResult{index: i, gen: gen, kind: kind, ok: ok, msg: msg}:
 		case <-w.done:
@@ -754,6 +908,9 @@ func (w *podWorker) handleProbe(ctx context.Context, r probeResult) {
 	} else {
 		p.failures++
 		p.successes = 0
+		// As the kubelet: every failed attempt is reported, not only the one that crosses
+		// the threshold.
+		w.event(c, v1.EventTypeWarning, eventUnhealthy, "%s probe failed: %s", r.kind, r.msg)
 	}
 	failureThreshold := p.spec.FailureThreshold
 	if failureThreshold <= 0 {
@@ -772,12 +929,14 @@ func (w *podWorker) handleProbe(ctx context.Context, r probeResult) {
 					q.nextAt = maxTime(now, c.startedAt.Add(time.Duration(q.spec.InitialDelaySeconds)*time.Second))
 				}
 			}
-			c.ready = c.probes[readinessProbe] == nil
+			w.markStarted(c)
 		} else if p.failures >= failureThreshold {
+			w.event(c, v1.EventTypeNormal, eventKilling, "Container %s failed startup probe, will be restarted", c.spec.Name)
 			w.killUnhealthy(c, p, "Startup probe failed: "+r.msg, now)
 		}
 	case livenessProbe:
 		if p.failures >= failureThreshold {
+			w.event(c, v1.EventTypeNormal, eventKilling, "Container %s failed liveness probe, will be restarted", c.spec.Name)
 			w.killUnhealthy(c, p, "Liveness probe failed: "+r.msg, now)
 		}
 	case readinessProbe:
@@ -839,23 +998,39 @@ func (w *podWorker) beginTermination(ctx context.Context, now time.Time, gone bo
 		}
 	}
 	w.logger().Info("Stopping pod", "grace", grace, "deletedFromAPI", gone, "shutdown", ctx.Err() != nil)
+	for _, c := range w.containers {
+		if c.proc != nil && !gone && ctx.Err() == nil {
+			w.event(c, v1.EventTypeNormal, eventKilling, "Stopping container %s", c.spec.Name)
+		}
+	}
 	for i, c := range w.containers {
-		if c.proc == nil {
+		if c.proc == nil || (c.init && !c.sidecar) {
 			continue
 		}
 		if hook := c.spec.Lifecycle; hook != nil && hook.PreStop != nil && grace > 0 && ctx.Err() == nil {
 			c.preStopActive = true
-			w.runPreStop(ctx, i, hook.PreStop)
+			w.runHook(ctx, i, hook.PreStop, false)
 		}
 	}
 }
 
-// runPreStop runs a sleep or httpGet preStop hook; exec hooks are not supported and end at once.
-func (w *podWorker) runPreStop(ctx context.Context, i int, h *v1.LifecycleHandler) {
+// probeTarget is container c's current run as probes and hooks see it.
+func (w *podWorker) probeTarget(c *containerState) probeTarget {
+	return probeTarget{podIP: w.ip.String(), container: c.spec.DeepCopy(), exec: c.exec}
+}
+
+// runHook runs a postStart or preStop hook (exec, httpGet or sleep) of container i and
+// reports its end on w.hooks. A hook may run as long as the termination grace period.
+func (w *podWorker) runHook(ctx context.Context, i int, h *v1.LifecycleHandler, postStart bool) {
 	c := w.containers[i]
-	podIP, container := w.ip.String(), c.spec.DeepCopy()
+	target, gen, podName := w.probeTarget(c), c.gen, w.pod.Name
+	h = h.DeepCopy()
 	clk := w.agent.clock
+	timeout := w.terminationGrace()
 	go func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(timeout, time.Second))
+		defer cancel()
+		var failure string
 		switch {
 		case h.Sleep != nil:
 			select {
@@ -863,14 +1038,56 @@ func (w *podWorker) runPreStop(ctx context.Context, i int, h *v1.LifecycleHandle
 			case <-w.done:
 			}
 		case h.HTTPGet != nil:
-			probe := &v1.Probe{ProbeHandler: v1.ProbeHandler{HTTPGet: h.HTTPGet}, TimeoutSeconds: int32(w.terminationGrace() / time.Second)}
-			w.agent.prober.probe(context.WithoutCancel(ctx), probe, podIP, container)
+			probe := &v1.Probe{ProbeHandler: v1.ProbeHandler{HTTPGet: h.HTTPGet}, TimeoutSeconds: int32(max(timeout, time.Second) / time.Second)}
+			if ok, msg := w.agent.prober.probe(ctx, probe, target); !ok {
+				failure = fmt.Sprintf("HTTP lifecycle hook (%s) for Container %q in Pod %q failed - error: %s", h.HTTPGet.Path, target.container.Name, podName, msg)
+			}
+		case h.Exec != nil:
+			out, code, err := w.agent.commands.run(ctx, target.exec, h.Exec.Command)
+			if err != nil || code != 0 {
+				if err == nil {
+					err = fmt.Errorf("command %q exited with %d: %s", strings.Join(h.Exec.Command, " "), code, strings.TrimSpace(string(out)))
+				}
+				failure = fmt.Sprintf("Exec lifecycle hook (%s) for Container %q in Pod %q failed - error: %v", h.Exec.Command, target.container.Name, podName, err)
+			}
 		}
 		select {
-		case w.hooks <- i:
+		case w.hooks <- hookResult{index: i, gen: gen, postStart: postStart, failure: failure}:
 		case <-w.done:
 		}
 	}()
+}
+
+// handleHook ends a hook: a preStop hook lets SIGTERM go; a failed postStart hook kills
+// the container, which restarts per restartPolicy, as the kubelet does.
+func (w *podWorker) handleHook(r hookResult) {
+	c := w.containers[r.index]
+	if !r.postStart {
+		c.preStopActive = false
+		if r.failure != "" {
+			w.event(c, v1.EventTypeWarning, eventFailedPreStopHook, "%s", r.failure)
+			w.logger().Info("PreStop hook failed", "container", c.spec.Name, "failure", r.failure)
+		}
+		return
+	}
+	if r.gen != c.gen || c.proc == nil {
+		return
+	}
+	c.postStartActive = false
+	if r.failure == "" {
+		w.markStarted(c)
+		return
+	}
+	w.logger().Info("PostStart hook failed; killing the container", "container", c.spec.Name, "failure", r.failure)
+	if !c.killAt.IsZero() || w.terminating {
+		return
+	}
+	w.event(c, v1.EventTypeWarning, eventFailedPostStartHook, "%s", r.failure)
+	w.event(c, v1.EventTypeNormal, eventKilling, "FailedPostStartHook")
+	c.killReason = "FailedPostStartHook"
+	c.killAt = w.agent.clock.Now().Add(w.terminationGrace())
+	c.sigtermSent = true
+	w.signal(c, syscall.SIGTERM)
 }
 
 func (w *podWorker) progressTermination(now time.Time) {
@@ -951,20 +1168,34 @@ func (w *podWorker) finish(ctx context.Context, gone bool) {
 
 // currentStatus computes the pod status from the worker's state.
 func (w *podWorker) currentStatus(now time.Time) v1.PodStatus {
-	statuses := make([]v1.ContainerStatus, 0, len(w.containers))
+	statuses := make([]v1.ContainerStatus, 0, len(w.pod.Spec.Containers))
+	var initStatuses []v1.ContainerStatus
+	initialized := w.initialized()
 	for _, c := range w.containers {
 		s := c.status()
-		if s.State.Waiting != nil && s.State.Waiting.Reason == "ContainerCreating" && w.setupErr != nil {
-			s.State.Waiting.Message = w.setupErr.Error()
+		if s.State.Waiting != nil && s.State.Waiting.Reason == "ContainerCreating" {
+			switch {
+			case w.setupErr != nil:
+				s.State.Waiting.Message = w.setupErr.Error()
+			case c.init || !initialized:
+				// As the kubelet: containers wait for the pod's initialisation.
+				s.State.Waiting.Reason = "PodInitializing"
+			}
 		}
-		statuses = append(statuses, s)
+		if c.init {
+			initStatuses = append(initStatuses, s)
+		} else {
+			statuses = append(statuses, s)
+		}
 	}
 	in := statusInput{
-		now:          now,
-		hostIP:       w.agent.opts.NodeIP,
-		startTime:    w.startTime,
-		sandboxReady: w.sandboxReady,
-		containers:   statuses,
+		now:            now,
+		hostIP:         w.agent.opts.NodeIP,
+		startTime:      w.startTime,
+		sandboxReady:   w.sandboxReady,
+		containers:     statuses,
+		initContainers: initStatuses,
+		initialized:    initialized,
 	}
 	if w.ip.IsValid() && w.sandboxReady {
 		in.podIP = w.ip.String()

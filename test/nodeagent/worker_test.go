@@ -13,6 +13,7 @@ import (
 
 	coordinationv1 "k8s.io/api/coordination/v1"
 	v1 "k8s.io/api/core/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
@@ -121,13 +122,15 @@ func (p *fakeProber) set(kind probeKind, ok bool) {
 	p.ok[kind] = ok
 }
 
-func (p *fakeProber) probe(_ context.Context, spec *v1.Probe, _ string, c *v1.Container) (bool, string) {
+func (p *fakeProber) probe(_ context.Context, spec *v1.Probe, t probeTarget) (bool, string) {
+	// The target's container is a copy: tell the kinds apart by value.
+	c := t.container
 	kind := readinessProbe
-	switch spec {
-	case c.LivenessProbe:
-		kind = livenessProbe
-	case c.StartupProbe:
+	switch {
+	case apiequality.Semantic.DeepEqual(spec, c.StartupProbe):
 		kind = startupProbe
+	case apiequality.Semantic.DeepEqual(spec, c.LivenessProbe):
+		kind = livenessProbe
 	}
 	p.mu.Lock()
 	ok := p.ok[kind]
@@ -173,6 +176,9 @@ func newTestEnv(t *testing.T, ignoreTerm bool) *testEnv {
 		prober: &fakeProber{ok: map[probeKind]bool{}},
 	}
 	a.runtime, a.network, a.prober = env.rt, env.net, env.prober
+	// Nothing sends the broadcaster's events anywhere in unit tests; tests that check
+	// events swap in a fakeRecorder.
+	t.Cleanup(a.events.Shutdown)
 	a.prepareNode = func() error { return nil }
 	ctx, cancel := context.WithCancel(context.Background())
 	env.cancel = cancel
@@ -313,13 +319,31 @@ func TestWorkerRunsPodAndWritesStatus(t *testing.T) {
 		t.Errorf("POD_IP=%q, status podIP %q", envIP, got.Status.PodIP)
 	}
 	// Two successes are needed: the first probe runs at start, the second a period later.
-	e.stepWhenWaiting(t, 5*time.Second)
-	e.waitStatus(t, "echo-1", "ready", podReady)
+	// (The clock steps by whole periods until then: a step may come before the first
+	// result, which then counts from the stepped time.)
+	e.stepUntil(t, "echo-1", "ready", 5*time.Second, podReady)
 	// Two failures make it unready again.
 	e.prober.set(readinessProbe, false)
-	e.stepWhenWaiting(t, 5*time.Second)
-	e.stepWhenWaiting(t, 5*time.Second)
-	e.waitStatus(t, "echo-1", "unready", func(p *v1.Pod) bool { return !podReady(p) && containerStatus(p).State.Running != nil })
+	e.stepUntil(t, "echo-1", "unready", 5*time.Second, func(p *v1.Pod) bool { return !podReady(p) && containerStatus(p).State.Running != nil })
+}
+
+// stepUntil advances the fake clock by d whenever the workers wait, until the pod's status
+// satisfies cond; at most 10 steps.
+func (e *testEnv) stepUntil(t *testing.T, name, what string, d time.Duration, cond func(*v1.Pod) bool) {
+	t.Helper()
+	for range 10 {
+		e.stepWhenWaiting(t, d)
+		ok := false
+		_ = wait.PollUntilContextTimeout(context.Background(), 5*time.Millisecond, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			p, err := e.client.CoreV1().Pods("ns").Get(ctx, name, metav1.GetOptions{})
+			ok = err == nil && cond(p)
+			return ok, nil
+		})
+		if ok {
+			return
+		}
+	}
+	e.waitStatus(t, name, what, cond)
 }
 
 func cutPrefix(s, prefix string) (string, bool) {
