@@ -84,7 +84,7 @@ func TestWebSocketAppChartScenariosAreAccepted(t *testing.T) {
 				}
 			}
 			sort.Strings(kinds)
-			t.Logf("accepted: %s", strings.Join(kinds, ", "))
+			t.Logf("checked: %s", strings.Join(kinds, ", "))
 		})
 	}
 
@@ -115,6 +115,12 @@ func TestWebSocketAppChartScenariosAreAccepted(t *testing.T) {
 				svc := routes[0].(map[string]any)["services"].([]any)[0].(map[string]any)
 				svc["sticky"].(map[string]any)["cookie"].(map[string]any)["maxAgeSeconds"] = int64(60)
 				_ = unstructured.SetNestedSlice(obj.Object, routes, "spec", "routes")
+			},
+		},
+		{
+			name: "DestinationRule with both simple and consistentHash", scenario: "istio", kind: "DestinationRule",
+			breakIt: func(obj *unstructured.Unstructured) {
+				_ = unstructured.SetNestedField(obj.Object, "LEAST_REQUEST", "spec", "trafficPolicy", "loadBalancer", "simple")
 			},
 		},
 		{
@@ -410,4 +416,53 @@ func decodeObjects(data []byte) ([]*unstructured.Unstructured, error) {
 			objs = append(objs, obj)
 		}
 	}
+}
+
+// TestWebSocketAppManifestsAreCurrent renders the chart's scenarios into a temporary directory with
+// hack/update-manifests.sh and fails when deploy/manifests differs: the plain YAML that kubectl users
+// copy must be what the chart renders today. It needs no cluster.
+func TestWebSocketAppManifestsAreCurrent(t *testing.T) {
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	tmp := t.TempDir()
+	cmd := exec.CommandContext(ctx, filepath.Join(root, "hack", "update-manifests.sh"), tmp)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("hack/update-manifests.sh: %v\n%s", err, out)
+	}
+	want := filepath.Join(tmp, "websocket-app")
+	have := filepath.Join(root, "deploy", "manifests", "websocket-app")
+	seen := map[string]bool{}
+	err = filepath.WalkDir(want, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(want, path)
+		seen[rel] = true
+		fresh, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		committed, err := os.ReadFile(filepath.Join(have, rel))
+		if err != nil || !bytes.Equal(fresh, committed) {
+			t.Errorf("deploy/manifests/websocket-app/%s is out of date: run hack/update-manifests.sh", rel)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = filepath.WalkDir(have, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		rel, _ := filepath.Rel(have, path)
+		if !seen[rel] {
+			t.Errorf("deploy/manifests/websocket-app/%s has no scenario any more: run hack/update-manifests.sh", rel)
+		}
+		return nil
+	})
 }
