@@ -230,6 +230,33 @@ func TestWebSocketAppChartInstalls(t *testing.T) {
 			t.Errorf("pod %s: not selected for scraping: labels %v annotations %v", p.Name, p.Labels, p.Annotations)
 		}
 	}
+
+	// A pod deleted with clients on it runs the chart's preStop sleep, then drains over DRAIN_TIMEOUT
+	// within the grace period the chart derived: every client gets 1001, none is cut abruptly.
+	victim := pods[0]
+	const clients = 20
+	run := startLoad(c, victim.Status.PodIP, clients)
+	defer run.stop()
+	waitFor(ctx, t, 30*time.Second, func() (bool, string) {
+		got, err := connectionsActive(ctx, c, victim.Status.PodIP)
+		return err == nil && got == clients, fmt.Sprintf("pod %s: websocket_connections_active = %v (%v), want %d", victim.Name, got, err, clients)
+	})
+	if err := client.CoreV1().Pods(appChartInstallNS).Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-run.done:
+		if res.err != nil {
+			t.Fatalf("load against deleted pod %s: %v", victim.Name, res.err)
+		}
+		if got := res.ClosesByCode["1001"]; got != clients || res.AbnormalDrops != 0 {
+			t.Errorf("clients of deleted pod %s: closes %v, abnormal drops %d; want %d × 1001 and no drops",
+				victim.Name, res.ClosesByCode, res.AbnormalDrops, clients)
+		}
+		t.Logf("deleted pod %s: %d clients closed with 1001 in %v", victim.Name, clients, res.Elapsed)
+	case <-ctx.Done():
+		t.Fatalf("clients of deleted pod %s were never closed", victim.Name)
+	}
 }
 
 // dryRunner submits objects to the API server as strict server-side apply dry runs.
