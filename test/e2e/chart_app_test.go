@@ -210,8 +210,8 @@ func TestWebSocketAppChartInstalls(t *testing.T) {
 
 	for _, p := range pods {
 		spec := p.Spec
-		if spec.TerminationGracePeriodSeconds == nil || *spec.TerminationGracePeriodSeconds < 30+5 {
-			t.Errorf("pod %s: terminationGracePeriodSeconds %v does not cover the preStop sleep and the 30s drain", p.Name, spec.TerminationGracePeriodSeconds)
+		if grace := spec.TerminationGracePeriodSeconds; grace == nil || *grace < 30+5 {
+			t.Errorf("pod %s: terminationGracePeriodSeconds %d does not cover the preStop sleep and the 30s drain", p.Name, ptrValue(grace))
 		}
 		ctr := spec.Containers[0]
 		if ctr.Lifecycle == nil || ctr.Lifecycle.PreStop == nil || ctr.Lifecycle.PreStop.Sleep == nil {
@@ -253,7 +253,7 @@ func TestWebSocketAppChartInstalls(t *testing.T) {
 			t.Errorf("clients of deleted pod %s: closes %v, abnormal drops %d; want %d × 1001 and no drops",
 				victim.Name, res.ClosesByCode, res.AbnormalDrops, clients)
 		}
-		t.Logf("deleted pod %s: %d clients closed with 1001 in %v", victim.Name, clients, res.Elapsed)
+		t.Logf("deleted pod %s: closes %v, abnormal drops %d, after %v", victim.Name, res.ClosesByCode, res.AbnormalDrops, res.Elapsed)
 	case <-ctx.Done():
 		t.Fatalf("clients of deleted pod %s were never closed", victim.Name)
 	}
@@ -492,4 +492,12 @@ func TestWebSocketAppManifestsAreCurrent(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// ptrValue is *p, or 0 when p is nil.
+func ptrValue(p *int64) int64 {
+	if p == nil {
+		return 0
+	}
+	return *p
 }
