@@ -501,3 +501,40 @@ func ptrValue(p *int64) int64 {
 	}
 	return *p
 }
+
+// TestWebSocketAppValuesSchema checks that values.schema.json turns a wrong type, an unknown key or an
+// unknown choice into a message naming the value, before anything is rendered. It needs no cluster.
+func TestWebSocketAppValuesSchema(t *testing.T) {
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		set  []string
+		want string // empty: the values are valid
+	}{
+		{name: "defaults", set: nil},
+		{name: "wrong type", set: []string{"--set", "server.port=http"}, want: "at '/server/port': got string, want integer"},
+		{name: "unknown top-level key", set: []string{"--set", "replicas=3"}, want: "additional properties 'replicas' not allowed"},
+		{name: "unknown nested key", set: []string{"--set", "autoscaling.targetCPU=80"}, want: "additional properties 'targetCPU' not allowed"},
+		{name: "unknown exposure", set: []string{"--set", "exposure.type=nginx"}, want: "at '/exposure/type'"},
+		{name: "quantity, not a number", set: []string{"--set-json", "autoscaling.targetConnectionsPerPod=300"}, want: "at '/autoscaling/targetConnectionsPerPod': got number, want string"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			args := append([]string{"template", "check", filepath.Join(root, appChart)}, tc.set...)
+			out, err := runHelm(ctx, root, "", args...)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("helm template %v: %v\n%s", tc.set, err, out)
+			case tc.want != "" && err == nil:
+				t.Fatalf("helm template %v was accepted; want an error containing %q", tc.set, tc.want)
+			case tc.want != "" && !strings.Contains(out, tc.want):
+				t.Fatalf("helm template %v: error does not contain %q:\n%s", tc.set, tc.want, out)
+			}
+		})
+	}
+}
