@@ -101,3 +101,20 @@ The Service's fully qualified host name (Istio destinations).
 {{- define "websocket-app.serviceFQDN" -}}
 {{ include "websocket-app.fullname" . }}.{{ .Release.Namespace }}.svc.cluster.local
 {{- end }}
+
+{{/*
+Renders annotations with the reason for each one as a YAML comment. Takes a dict with "items", a list of
+dicts {k, v, why}, and "extra", the user's annotations; a key the user sets replaces the chart's.
+*/}}
+{{- define "websocket-app.annotations" -}}
+{{- $extra := .extra | default dict }}
+{{- range .items }}
+{{- if not (hasKey $extra .k) }}
+# {{ .why }}
+{{ .k }}: {{ .v | quote }}
+{{- end }}
+{{- end }}
+{{- with $extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
