@@ -81,6 +81,15 @@ func TestWebSocketAppChartScenariosAreAccepted(t *testing.T) {
 				}
 				if err := v.dryRun(ctx, obj, appChartCheckNS); err != nil {
 					t.Errorf("%s %s: rejected: %v", obj.GetKind(), obj.GetName(), err)
+					continue
+				}
+				// An API server drops fields of disabled features silently; the guarded HPA's
+				// tolerance must survive, or the HPA keeps its 10% dead band.
+				if want, ok, _ := unstructured.NestedFieldNoCopy(obj.Object, "spec", "behavior", "scaleDown", "tolerance"); ok {
+					got, kept, _ := unstructured.NestedFieldNoCopy(v.last.Object, "spec", "behavior", "scaleDown", "tolerance")
+					if !kept || fmt.Sprint(got) != fmt.Sprint(want) {
+						t.Errorf("%s %s: behavior.scaleDown.tolerance %v was not kept by the API server (got %v)", obj.GetKind(), obj.GetName(), want, got)
+					}
 				}
 			}
 			sort.Strings(kinds)
@@ -265,6 +274,8 @@ type dryRunner struct {
 	dyn    dynamic.Interface
 	disco  discovery.CachedDiscoveryInterface
 	mapper *restmapper.DeferredDiscoveryRESTMapper
+	// last is the object the API server returned for the last successful apply.
+	last *unstructured.Unstructured
 }
 
 func newDryRunner(t *testing.T, cfg *rest.Config) *dryRunner {
@@ -313,10 +324,14 @@ func (d *dryRunner) apply(ctx context.Context, res dynamic.ResourceInterface, ob
 		return fmt.Errorf("encode %s %s: %w", obj.GetKind(), obj.GetName(), err)
 	}
 	force := true
-	_, err = res.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{
+	got, err := res.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{
 		FieldManager: fieldManagerE2E, Force: &force, DryRun: dryRun, FieldValidation: strictFieldValidate,
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	d.last = got
+	return nil
 }
 
 // installCRDs applies every CRD in file for real and waits until each is Established.
