@@ -468,6 +468,10 @@ func TestWebSocketAppManifestsAreCurrent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The pinned helm binary; building it is a no-op when it is current.
+	if err := framework.EnsureBinaries(root); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	tmp := t.TempDir()
@@ -522,6 +526,10 @@ func ptrValue(p *int64) int64 {
 func TestWebSocketAppValuesSchema(t *testing.T) {
 	root, err := framework.RepoRoot()
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The pinned helm binary; building it is a no-op when it is current.
+	if err := framework.EnsureBinaries(root); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
