@@ -110,3 +110,20 @@ cluster-down:
 	@if [ -x $(LOCAL)/bin/localcluster ]; then $(LOCAL)/bin/localcluster down --pid-file $(LOCAL)/cluster.pid --kubeconfig $(LOCAL)/kubeconfig; \
 	else echo "No local cluster binary ($(LOCAL)/bin/localcluster); nothing to stop."; fi
 # --- end of local cluster ---------------------------------------------------------------
+
+# --- charts ------------------------------------------------------------------------------
+.PHONY: lint-charts update-manifests verify-manifests
+
+## lint-charts: helm lint --strict of the websocket-app chart with each ci/ scenario.
+lint-charts:
+	@for f in deploy/helm/websocket-app/ci/*-values.yaml; do \
+	  $(LOCAL)/bin/helm lint --strict deploy/helm/websocket-app -f $$f >/dev/null || { echo "lint failed: $$f"; exit 1; }; \
+	done; echo "websocket-app: every ci scenario lints"
+
+## update-manifests: render every chart scenario into deploy/manifests/ for kubectl users.
+update-manifests:
+	hack/update-manifests.sh
+
+## verify-manifests: fail when deploy/manifests/ is not what the charts render today.
+verify-manifests:
+	$(GO) test -count=1 ./test/e2e/ -run TestWebSocketAppManifestsAreCurrent
