@@ -1,0 +1,566 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/restmapper"
+	"k8s.io/utils/ptr"
+
+	"github.com/wsscale/wsscale/test/e2e/framework"
+	"github.com/wsscale/wsscale/test/localcluster"
+)
+
+const (
+	chartRelease   = "wsscale"
+	chartNamespace = "wsscale-chart"
+	chartEchoNS    = "chart-e2e"
+)
+
+var (
+	apiServiceResource = schema.GroupVersionResource{Group: "apiregistration.k8s.io", Version: "v1", Resource: "apiservices"}
+	crdResource        = schema.GroupVersionResource{Group: "apiextensions.k8s.io", Version: "v1", Resource: "customresourcedefinitions"}
+	metricsAPIServices = []string{"v1beta2.custom.metrics.k8s.io", "v1beta1.custom.metrics.k8s.io"}
+)
+
+// helmRunner runs the pinned helm binary against the local cluster, with its caches and
+// configuration in a temporary directory.
+type helmRunner struct {
+	bin, kubeconfig, home string
+}
+
+func newHelm(t *testing.T, c *localcluster.Cluster) *helmRunner {
+	t.Helper()
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(root, ".local", "bin", "helm")
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("the pinned helm (make tools builds it into .local/bin): %v", err)
+	}
+	return &helmRunner{bin: bin, kubeconfig: c.Kubeconfig(), home: t.TempDir()}
+}
+
+func (h *helmRunner) run(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, h.bin, args...)
+	cmd.Env = append(os.Environ(),
+		"KUBECONFIG="+h.kubeconfig,
+		"HELM_CACHE_HOME="+filepath.Join(h.home, "cache"),
+		"HELM_CONFIG_HOME="+filepath.Join(h.home, "config"),
+		"HELM_DATA_HOME="+filepath.Join(h.home, "data"),
+	)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("helm %s: %w\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String(), nil
+}
+
+func chartDir(t *testing.T) string {
+	t.Helper()
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Join(root, "deploy", "helm", "wsscale")
+}
+
+// sharedCRDDir finds the third-party CRD schemas (cert-manager, Prometheus Operator) that the
+// chart's optional objects need: $WSSCALE_CRDS_DIR, else the nearest shared/crds above the repository.
+func sharedCRDDir(t *testing.T) string {
+	t.Helper()
+	if dir := os.Getenv("WSSCALE_CRDS_DIR"); dir != "" {
+		return dir
+	}
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dir := root; ; dir = filepath.Dir(dir) {
+		if st, err := os.Stat(filepath.Join(dir, "shared", "crds")); err == nil && st.IsDir() {
+			return filepath.Join(dir, "shared", "crds")
+		}
+		if filepath.Dir(dir) == dir {
+			t.Fatal("third-party CRD schemas not found: set WSSCALE_CRDS_DIR to the directory of cert-manager.yaml and prometheus-operator.yaml")
+		}
+	}
+}
+
+func decodeYAML(t *testing.T, name string, data []byte) []*unstructured.Unstructured {
+	t.Helper()
+	var objs []*unstructured.Unstructured
+	dec := yaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	for i := 0; ; i++ {
+		obj := &unstructured.Unstructured{}
+		if err := dec.Decode(&obj.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				return objs
+			}
+			t.Fatalf("%s document %d: %v", name, i, err)
+		}
+		if len(obj.Object) > 0 {
+			objs = append(objs, obj)
+		}
+	}
+}
+
+// installCRDs applies the CRDs of files (for real, not as a dry run) and waits until they are established.
+func installCRDs(ctx context.Context, t *testing.T, dyn dynamic.Interface, files ...string) {
+	t.Helper()
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, crd := range decodeYAML(t, filepath.Base(file), data) {
+			if _, err := dyn.Resource(crdResource).Apply(ctx, crd.GetName(), crd, metav1.ApplyOptions{FieldManager: "wsscale-e2e", Force: true}); err != nil {
+				t.Fatalf("CRD %s: %v", crd.GetName(), err)
+			}
+			poll(ctx, t, "CRD "+crd.GetName()+" established", time.Minute, func() (bool, string) {
+				got, err := dyn.Resource(crdResource).Get(ctx, crd.GetName(), metav1.GetOptions{})
+				if err != nil {
+					return false, err.Error()
+				}
+				conds, _, _ := unstructured.NestedSlice(got.Object, "status", "conditions")
+				for _, c := range conds {
+					if m, _ := c.(map[string]any); m["type"] == "Established" && m["status"] == "True" {
+						return true, "Established"
+					}
+				}
+				return false, "not established"
+			})
+		}
+	}
+}
+
+// TestAdapterChartScenariosAreAccepted lints every ci/*-values.yaml scenario of the adapter chart
+// with --strict, renders it with helm template, and submits every rendered object to the real API
+// server with a strict server-side dry run.
+func TestAdapterChartScenariosAreAccepted(t *testing.T) {
+	c := framework.Cluster(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cfg := c.RESTConfig()
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crds := sharedCRDDir(t)
+	installCRDs(ctx, t, dyn, filepath.Join(crds, "cert-manager.yaml"), filepath.Join(crds, "prometheus-operator.yaml"))
+	disco, err := discovery.NewDiscoveryClientForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mapper := restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(disco))
+	if _, err := dyn.Resource(nsResource).Apply(ctx, checkNamespace, &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "Namespace", "metadata": map[string]any{"name": checkNamespace},
+	}}, metav1.ApplyOptions{FieldManager: "wsscale-e2e", Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	helm := newHelm(t, c)
+	chart := chartDir(t)
+	scenarios, err := filepath.Glob(filepath.Join(chart, "ci", "*-values.yaml"))
+	if err != nil || len(scenarios) == 0 {
+		t.Fatalf("no scenarios in %s/ci: %v", chart, err)
+	}
+	for _, scenario := range scenarios {
+		t.Run(filepath.Base(scenario), func(t *testing.T) {
+			if out, err := helm.run(ctx, "lint", "--strict", chart, "-f", scenario); err != nil {
+				t.Fatalf("lint: %v", err)
+			} else if strings.Contains(out, "[WARNING]") || strings.Contains(out, "[ERROR]") {
+				t.Errorf("lint:\n%s", out)
+			}
+			out, err := helm.run(ctx, "template", chartRelease, chart, "-n", checkNamespace, "-f", scenario, "--kube-version", "1.37.0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs := decodeYAML(t, "rendered", []byte(out))
+			if len(objs) == 0 {
+				t.Fatal("nothing rendered")
+			}
+			for _, obj := range objs {
+				name := obj.GetKind() + " " + obj.GetName()
+				gvk := obj.GroupVersionKind()
+				mapping, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+				if err != nil {
+					t.Errorf("%s: the API server does not serve %s: %v", name, gvk, err)
+					continue
+				}
+				isolate(obj)
+				var res dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
+				if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+					obj.SetNamespace(checkNamespace)
+					res = dyn.Resource(mapping.Resource).Namespace(checkNamespace)
+				}
+				if _, err := res.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{
+					FieldManager: "wsscale-e2e", Force: true, DryRun: []string{metav1.DryRunAll},
+				}); err != nil {
+					t.Errorf("%s: rejected: %v", name, err)
+				}
+			}
+		})
+	}
+}
+
+// TestAdapterChartLifecycle installs the adapter chart with no values, proves that the HPA reads
+// websocket_connections through it and that helm test passes, upgrades it with a value that rolls
+// the pods while a poller reads the metrics API every 100 ms (no failed request, the same CA in
+// caBundle), checks that a second release is refused, rolls back, and uninstalls without leaving
+// an APIService, RBAC or Secret behind.
+func TestAdapterChartLifecycle(t *testing.T) {
+	c := framework.Cluster(t)
+	client := c.Client()
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
+	defer cancel()
+	dyn, err := dynamic.NewForConfig(c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	helm := newHelm(t, c)
+	chart := chartDir(t)
+	removeForeignAPIServices(ctx, t, dyn)
+	t.Cleanup(func() {
+		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer ccancel()
+		_, _ = helm.run(cctx, "uninstall", chartRelease, "-n", chartNamespace, "--wait", "--ignore-not-found")
+		_ = client.CoreV1().Namespaces().Delete(cctx, chartEchoNS, metav1.DeleteOptions{})
+	})
+
+	if _, err := helm.run(ctx, "install", chartRelease, chart, "-n", chartNamespace, "--create-namespace", "--wait", "--timeout", "5m"); err != nil {
+		t.Fatal(err)
+	}
+	waitAPIServicesAvailable(ctx, t, dyn)
+	caBefore := caBundles(ctx, t, dyn)
+	podsBefore := adapterPods(ctx, t, client)
+	if len(podsBefore) != 2 {
+		t.Fatalf("adapter pods after install: %v, want 2", podsBefore)
+	}
+
+	installChartEcho(ctx, t, client)
+	createChartHPA(ctx, t, client)
+	poll(ctx, t, "HPA reads websocket_connections", 2*time.Minute, func() (bool, string) {
+		hpa, err := client.AutoscalingV2().HorizontalPodAutoscalers(chartEchoNS).Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		var state []string
+		active := false
+		for _, cond := range hpa.Status.Conditions {
+			state = append(state, fmt.Sprintf("%s=%s (%s: %s)", cond.Type, cond.Status, cond.Reason, cond.Message))
+			if cond.Type == autoscalingv2.ScalingActive && cond.Status == corev1.ConditionTrue {
+				active = true
+			}
+		}
+		for _, m := range hpa.Status.CurrentMetrics {
+			if m.Pods != nil && m.Pods.Metric.Name == "websocket_connections" {
+				state = append(state, "current "+m.Pods.Current.AverageValue.String())
+				return active, strings.Join(state, "; ")
+			}
+		}
+		return false, strings.Join(state, "; ")
+	})
+	events, err := client.CoreV1().Events(chartEchoNS).List(ctx, metav1.ListOptions{FieldSelector: "reason=FailedGetPodsMetric"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events.Items) > 0 {
+		t.Errorf("HPA events FailedGetPodsMetric: %s", events.Items[0].Message)
+	}
+	if out, err := helm.run(ctx, "test", chartRelease, "-n", chartNamespace, "--timeout", "2m"); err != nil {
+		t.Fatalf("helm test: %v", err)
+	} else {
+		t.Logf("helm test:\n%s", out)
+	}
+
+	// The upgrade rolls both pods (a new scrape interval is a new argument) while the API is read
+	// every 100 ms through the API server.
+	stats := startMetricsPoller(ctx, client)
+	if _, err := helm.run(ctx, "upgrade", chartRelease, chart, "-n", chartNamespace, "--set", "adapter.scrapeInterval=2s", "--wait", "--timeout", "5m"); err != nil {
+		stats.stop()
+		t.Fatal(err)
+	}
+	// helm --wait returns once the new pods are ready; the old ones are still in their preStop
+	// delay. Keep polling until they are gone.
+	poll(ctx, t, "old adapter pods gone", 2*time.Minute, func() (bool, string) {
+		now := adapterPods(ctx, t, client)
+		for _, p := range podsBefore {
+			for _, n := range now {
+				if n == p {
+					return false, fmt.Sprint(now)
+				}
+			}
+		}
+		return len(now) == 2, fmt.Sprint(now)
+	})
+	total, failed, firstErr := stats.stop()
+	t.Logf("metrics API during the upgrade: %d requests, %d failed", total, failed)
+	if failed > 0 || total == 0 {
+		t.Errorf("metrics API during the upgrade: %d of %d requests failed; first: %v", failed, total, firstErr)
+	}
+	if caAfter := caBundles(ctx, t, dyn); caAfter != caBefore {
+		t.Errorf("caBundle changed on upgrade")
+	}
+
+	// A second release in another namespace is refused with the owner's name.
+	out, err := helm.run(ctx, "install", "other", chart, "-n", "wsscale-other", "--create-namespace")
+	if err == nil || !strings.Contains(out, `belongs to the Helm release "wsscale" in namespace "wsscale-chart"`) {
+		t.Errorf("second install: want refusal naming the owner, got %v", err)
+	} else {
+		t.Logf("second install refused: %s", strings.TrimSpace(out))
+	}
+	_ = client.CoreV1().Namespaces().Delete(ctx, "wsscale-other", metav1.DeleteOptions{})
+
+	if _, err := helm.run(ctx, "rollback", chartRelease, "1", "-n", chartNamespace, "--wait", "--timeout", "5m"); err != nil {
+		t.Fatal(err)
+	}
+	waitAPIServicesAvailable(ctx, t, dyn)
+	if caAfter := caBundles(ctx, t, dyn); caAfter != caBefore {
+		t.Errorf("caBundle changed on rollback")
+	}
+
+	if _, err := helm.run(ctx, "uninstall", chartRelease, "-n", chartNamespace, "--wait", "--timeout", "3m"); err != nil {
+		t.Fatal(err)
+	}
+	checkNothingLeft(ctx, t, client, dyn)
+}
+
+// removeForeignAPIServices deletes custom.metrics.k8s.io APIServices that another test of this
+// cluster registered without Helm, so that the chart's ownership check does not refuse the install.
+func removeForeignAPIServices(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
+	t.Helper()
+	for _, name := range metricsAPIServices {
+		obj, err := dyn.Resource(apiServiceResource).Get(ctx, name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if obj.GetAnnotations()["meta.helm.sh/release-name"] != "" {
+			continue
+		}
+		t.Logf("deleting APIService %s left by another test", name)
+		if err := dyn.Resource(apiServiceResource).Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+	}
+}
+
+func waitAPIServicesAvailable(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
+	t.Helper()
+	for _, name := range metricsAPIServices {
+		poll(ctx, t, "APIService "+name+" Available", 3*time.Minute, func() (bool, string) {
+			obj, err := dyn.Resource(apiServiceResource).Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			if skip, _, _ := unstructured.NestedBool(obj.Object, "spec", "insecureSkipTLSVerify"); skip {
+				return false, "insecureSkipTLSVerify is set"
+			}
+			conds, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
+			for _, c := range conds {
+				m, _ := c.(map[string]any)
+				if m["type"] == "Available" {
+					return m["status"] == "True", fmt.Sprintf("%v (%v)", m["status"], m["message"])
+				}
+			}
+			return false, "no Available condition"
+		})
+	}
+}
+
+// caBundles returns the caBundle of both APIServices, failing t unless they are set and equal.
+func caBundles(ctx context.Context, t *testing.T, dyn dynamic.Interface) string {
+	t.Helper()
+	var bundles []string
+	for _, name := range metricsAPIServices {
+		obj, err := dyn.Resource(apiServiceResource).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _, _ := unstructured.NestedString(obj.Object, "spec", "caBundle")
+		bundles = append(bundles, b)
+	}
+	if bundles[0] == "" || bundles[0] != bundles[1] {
+		t.Fatalf("caBundles of %v: empty or different", metricsAPIServices)
+	}
+	return bundles[0]
+}
+
+func adapterPods(ctx context.Context, t *testing.T, client kubernetes.Interface) []string {
+	t.Helper()
+	pods, err := client.CoreV1().Pods(chartNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=wsscale,app.kubernetes.io/instance=" + chartRelease})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range pods.Items {
+		names = append(names, p.Name)
+	}
+	return names
+}
+
+// metricsPoller reads /apis/custom.metrics.k8s.io/v1beta2 and the echo pods' metric through the
+// API server every 100 ms and counts the requests that fail.
+type metricsPoller struct {
+	cancel        context.CancelFunc
+	done          chan struct{}
+	total, failed atomic.Int64
+	mu            sync.Mutex
+	firstFailure  error
+}
+
+func startMetricsPoller(ctx context.Context, client kubernetes.Interface) *metricsPoller {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &metricsPoller{cancel: cancel, done: make(chan struct{})}
+	paths := []string{
+		"/apis/custom.metrics.k8s.io/v1beta2",
+		"/apis/custom.metrics.k8s.io/v1beta2/namespaces/" + chartEchoNS + "/pods/*/websocket_connections",
+	}
+	go func() {
+		defer close(p.done)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			for _, path := range paths {
+				rctx, rcancel := context.WithTimeout(ctx, 5*time.Second)
+				_, err := client.CoreV1().RESTClient().Get().AbsPath(path).DoRaw(rctx)
+				rcancel()
+				if ctx.Err() != nil {
+					return
+				}
+				p.total.Add(1)
+				if err != nil {
+					p.failed.Add(1)
+					p.mu.Lock()
+					if p.firstFailure == nil {
+						p.firstFailure = fmt.Errorf("%s at %s: %w", path, time.Now().Format(time.RFC3339Nano), err)
+					}
+					p.mu.Unlock()
+				}
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return p
+}
+
+func (p *metricsPoller) stop() (total, failed int64, first error) {
+	p.cancel()
+	<-p.done
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total.Load(), p.failed.Load(), p.firstFailure
+}
+
+// installChartEcho runs one echo pod selected by the chart's default pod selection.
+func installChartEcho(ctx context.Context, t *testing.T, client kubernetes.Interface) {
+	t.Helper()
+	must[*corev1.Namespace](t, "namespace")(client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: chartEchoNS}}, metav1.CreateOptions{}))
+	labels := map[string]string{"app": "echo", "wsscale.io/scrape": "true"}
+	must[*appsv1.Deployment](t, "echo deployment")(client.AppsV1().Deployments(chartEchoNS).Create(ctx, &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To[int32](1),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{"prometheus.io/port": "9090", "prometheus.io/path": "/metrics"}},
+				Spec: corev1.PodSpec{
+					TerminationGracePeriodSeconds: ptr.To[int64](5),
+					Containers: []corev1.Container{{
+						Name: "echo", Image: "wsscale/echo:dev",
+						Env:   []corev1.EnvVar{{Name: "PORT", Value: "8080"}, {Name: "METRICS_PORT", Value: "9090"}, {Name: "DRAIN_TIMEOUT", Value: "2s"}},
+						Ports: []corev1.ContainerPort{{Name: "ws", ContainerPort: 8080}, {Name: "metrics", ContainerPort: 9090}},
+						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("ws")}},
+							PeriodSeconds: 1},
+					}},
+				},
+			},
+		},
+	}, metav1.CreateOptions{}))
+	poll(ctx, t, "echo Deployment ready", 2*time.Minute, func() (bool, string) {
+		d, err := client.AppsV1().Deployments(chartEchoNS).Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			return false, err.Error()
+		}
+		return d.Status.ReadyReplicas == 1, fmt.Sprintf("ready %d", d.Status.ReadyReplicas)
+	})
+}
+
+func createChartHPA(ctx context.Context, t *testing.T, client kubernetes.Interface) {
+	t.Helper()
+	must[*autoscalingv2.HorizontalPodAutoscaler](t, "HPA")(client.AutoscalingV2().HorizontalPodAutoscalers(chartEchoNS).Create(ctx, &autoscalingv2.HorizontalPodAutoscaler{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
+			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"},
+			MinReplicas:    ptr.To[int32](1),
+			MaxReplicas:    3,
+			Metrics: []autoscalingv2.MetricSpec{{
+				Type: autoscalingv2.PodsMetricSourceType,
+				Pods: &autoscalingv2.PodsMetricSource{
+					Metric: autoscalingv2.MetricIdentifier{Name: "websocket_connections"},
+					Target: autoscalingv2.MetricTarget{Type: autoscalingv2.AverageValueMetricType, AverageValue: resourceQuantity(100)},
+				},
+			}},
+		},
+	}, metav1.CreateOptions{}))
+}
+
+// checkNothingLeft proves that helm uninstall removed the APIServices, the RBAC and the Secret.
+func checkNothingLeft(ctx context.Context, t *testing.T, client kubernetes.Interface, dyn dynamic.Interface) {
+	t.Helper()
+	for _, name := range metricsAPIServices {
+		if _, err := dyn.Resource(apiServiceResource).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("APIService %s after uninstall: %v, want NotFound", name, err)
+		}
+	}
+	sel := metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=" + chartRelease + ",app.kubernetes.io/managed-by=Helm"}
+	if crs, err := client.RbacV1().ClusterRoles().List(ctx, sel); err != nil || len(crs.Items) > 0 {
+		t.Errorf("ClusterRoles after uninstall: %v %v", crs, err)
+	}
+	if crbs, err := client.RbacV1().ClusterRoleBindings().List(ctx, sel); err != nil || len(crbs.Items) > 0 {
+		t.Errorf("ClusterRoleBindings after uninstall: %v %v", crbs, err)
+	}
+	if rbs, err := client.RbacV1().RoleBindings("kube-system").List(ctx, sel); err != nil || len(rbs.Items) > 0 {
+		t.Errorf("RoleBindings in kube-system after uninstall: %v %v", rbs, err)
+	}
+	if secrets, err := client.CoreV1().Secrets(chartNamespace).List(ctx, metav1.ListOptions{}); err != nil {
+		t.Error(err)
+	} else {
+		for _, s := range secrets.Items {
+			t.Errorf("Secret %s left after uninstall", s.Name)
+		}
+	}
+}
