@@ -2,6 +2,15 @@
 SHELL := /usr/bin/env bash
 GO ?= go
 BIN := bin
+MODULE := github.com/wsscale/wsscale
+
+# How the product's binaries are built, in one place: `make build` and the Dockerfile (through
+# build-binary) use exactly these flags. Static (no cgo), reproducible paths, version by ldflags.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+GO_BUILD_ENV := CGO_ENABLED=0
+GO_BUILD_FLAGS := -trimpath
+GO_LDFLAGS := -s -w -X $(MODULE)/pkg/version.Version=$(VERSION) -X $(MODULE)/pkg/version.Commit=$(COMMIT)
 
 .PHONY: all build demo test test-unit verify verify-gofmt update-gofmt vet echo-run clean
 
@@ -9,7 +18,13 @@ all: build
 
 ## build: compile every binary of the product into bin/.
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO_BUILD_ENV) $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+## build-binary: one binary, BINARY=adapter|echo, into $(BIN)/ (the Dockerfile's build step; GOOS/GOARCH from the environment).
+.PHONY: build-binary
+build-binary:
+	@test -n "$(BINARY)" -a -d cmd/$(BINARY) || { echo "BINARY must name a directory of cmd/ (adapter, echo)"; exit 1; }
+	$(GO_BUILD_ENV) $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/$(BINARY) ./cmd/$(BINARY)
 
 ## demo: the README's main command.
 demo:
@@ -23,7 +38,7 @@ test-unit:
 	$(GO) test -race -count=1 ./...
 
 ## verify: static checks that must pass before a change lands.
-verify: verify-gofmt vet
+verify: verify-gofmt vet verify-chart verify-chart-crds
 
 verify-gofmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^hack/tools/')); \
@@ -71,3 +86,39 @@ cluster-down:
 	@if [ -x $(LOCAL)/bin/localcluster ]; then $(LOCAL)/bin/localcluster down --pid-file $(LOCAL)/cluster.pid --kubeconfig $(LOCAL)/kubeconfig; \
 	else echo "No local cluster binary ($(LOCAL)/bin/localcluster); nothing to stop."; fi
 # --- end of local cluster ---------------------------------------------------------------
+
+# --- the adapter chart (deploy/helm/wsscale) ---------------------------------------------
+HELM ?= $(LOCAL)/bin/helm
+CHART := deploy/helm/wsscale
+CHART_KUBE_VERSION := 1.37.0
+
+.PHONY: verify-chart update-chart-crds verify-chart-crds
+
+## verify-chart: helm lint --strict and helm template of the adapter chart with each ci/*-values.yaml (offline, seconds).
+verify-chart:
+	@test -x $(HELM) || { echo "$(HELM) is missing: make tools builds the pinned helm"; exit 1; }
+	@for f in $(CHART)/ci/*-values.yaml; do \
+		$(HELM) lint --strict --quiet $(CHART) -f $$f >/dev/null || { $(HELM) lint --strict $(CHART) -f $$f; exit 1; }; \
+		$(HELM) template wsscale $(CHART) -n wsscale-system --kube-version $(CHART_KUBE_VERSION) -f $$f >/dev/null || exit 1; \
+	done; echo "chart $(CHART): lint and template clean for $$(ls $(CHART)/ci/*-values.yaml | wc -l) scenarios"
+
+# The chart renders the ScaleGuard CRD and the controller's ClusterRole rules from copies of the
+# generated files in config/ (Helm cannot read files outside the chart).
+CHART_CRD_SRC := config/crd/bases
+CHART_ROLE_SRC := config/rbac/role.yaml
+
+## update-chart-crds: copy the generated CRDs and the controller's role from config/ into the chart.
+update-chart-crds:
+	@rm -f $(CHART)/files/crds/*.yaml $(CHART)/files/rbac/*.yaml
+	@if ls $(CHART_CRD_SRC)/*.yaml >/dev/null 2>&1; then cp $(CHART_CRD_SRC)/*.yaml $(CHART)/files/crds/; fi
+	@if [ -f $(CHART_ROLE_SRC) ]; then cp $(CHART_ROLE_SRC) $(CHART)/files/rbac/scaleguard-role.yaml; fi
+	@ls $(CHART)/files/crds/*.yaml $(CHART)/files/rbac/*.yaml 2>/dev/null || echo "no generated CRD or role in config/ yet"
+
+## verify-chart-crds: fail when the chart's copies differ from config/.
+verify-chart-crds:
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; mkdir -p $$tmp/crds $$tmp/rbac; \
+	if ls $(CHART_CRD_SRC)/*.yaml >/dev/null 2>&1; then cp $(CHART_CRD_SRC)/*.yaml $$tmp/crds/; fi; \
+	if [ -f $(CHART_ROLE_SRC) ]; then cp $(CHART_ROLE_SRC) $$tmp/rbac/scaleguard-role.yaml; fi; \
+	diff -r -x .gitkeep -x README.md $$tmp/crds $(CHART)/files/crds && diff -r -x .gitkeep $$tmp/rbac $(CHART)/files/rbac \
+		|| { echo "the chart's CRD/role copies are stale: run make update-chart-crds"; exit 1; }
+# --- end of the adapter chart -------------------------------------------------------------
