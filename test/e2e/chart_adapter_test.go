@@ -214,6 +214,9 @@ func TestAdapterChartScenariosAreAccepted(t *testing.T) {
 					t.Errorf("%s: the API server does not serve %s: %v", name, gvk, err)
 					continue
 				}
+				if obj.GetKind() == "Pod" {
+					ensureServiceAccount(ctx, t, dyn, obj)
+				}
 				isolate(obj)
 				var res dynamic.ResourceInterface = dyn.Resource(mapping.Resource)
 				if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
@@ -265,6 +268,15 @@ func TestAdapterChartLifecycle(t *testing.T) {
 	}
 
 	installChartEcho(ctx, t, client)
+	// The HPA comes once the adapter has scraped the new pod, so that any FailedGetPodsMetric
+	// below is the chart's fault, not the first scrape's delay.
+	poll(ctx, t, "echo pod's websocket_connections through the API server", time.Minute, func() (bool, string) {
+		got, err := podValues(ctx, client, "/apis/custom.metrics.k8s.io/v1beta2/namespaces/"+chartEchoNS+"/pods/*/websocket_connections")
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(got) == 1, fmt.Sprint(got)
+	})
 	createChartHPA(ctx, t, client)
 	poll(ctx, t, "HPA reads websocket_connections", 2*time.Minute, func() (bool, string) {
 		hpa, err := client.AutoscalingV2().HorizontalPodAutoscalers(chartEchoNS).Get(ctx, "echo", metav1.GetOptions{})
@@ -350,6 +362,24 @@ func TestAdapterChartLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkNothingLeft(ctx, t, client, dyn)
+}
+
+// ensureServiceAccount creates, for real, the service account a pod of the dry run refers to: the
+// API server refuses a pod whose service account does not exist, and a dry-run ServiceAccount is
+// not stored.
+func ensureServiceAccount(ctx context.Context, t *testing.T, dyn dynamic.Interface, pod *unstructured.Unstructured) {
+	t.Helper()
+	name, _, _ := unstructured.NestedString(pod.Object, "spec", "serviceAccountName")
+	if name == "" {
+		return
+	}
+	sa := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "v1", "kind": "ServiceAccount", "metadata": map[string]any{"name": name, "namespace": checkNamespace},
+	}}
+	res := dyn.Resource(schema.GroupVersionResource{Version: "v1", Resource: "serviceaccounts"}).Namespace(checkNamespace)
+	if _, err := res.Apply(ctx, name, sa, metav1.ApplyOptions{FieldManager: "wsscale-e2e", Force: true}); err != nil {
+		t.Fatalf("service account %s for the dry run: %v", name, err)
+	}
 }
 
 // removeForeignAPIServices deletes custom.metrics.k8s.io APIServices that another test of this
