@@ -248,13 +248,24 @@ func TestAdapterChartLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	helm := newHelm(t, c)
-	chart := chartDir(t)
+	// A copy of the chart with a probe CRD next to the generated ones, changed before the upgrade:
+	// the upgrade must update it (Helm never upgrades a chart's crds/ folder, the chart renders
+	// them as templates) and the uninstall must keep it.
+	chart := t.TempDir()
+	if err := os.CopyFS(chart, os.DirFS(chartDir(t))); err != nil {
+		t.Fatal(err)
+	}
+	probeCRD := filepath.Join(chart, "files", "crds", "e2e-probe.yaml")
+	if err := os.WriteFile(probeCRD, []byte(probeCRDYAML("first")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	removeForeignAPIServices(ctx, t, dyn)
 	t.Cleanup(func() {
 		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer ccancel()
 		_, _ = helm.run(cctx, "uninstall", chartRelease, "-n", chartNamespace, "--wait", "--ignore-not-found")
 		_ = client.CoreV1().Namespaces().Delete(cctx, chartEchoNS, metav1.DeleteOptions{})
+		_ = dyn.Resource(crdResource).Delete(cctx, probeCRDName, metav1.DeleteOptions{})
 	})
 
 	if _, err := helm.run(ctx, "install", chartRelease, chart, "-n", chartNamespace, "--create-namespace", "--wait", "--timeout", "5m"); err != nil {
@@ -314,6 +325,12 @@ func TestAdapterChartLifecycle(t *testing.T) {
 
 	// The upgrade rolls both pods (a new scrape interval is a new argument) while the API is read
 	// every 100 ms through the API server.
+	if got := probeCRDField(ctx, t, dyn); got != "first" {
+		t.Errorf("probe CRD after install: field %q, want first", got)
+	}
+	if err := os.WriteFile(probeCRD, []byte(probeCRDYAML("second")), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	stats := startMetricsPoller(ctx, client)
 	if _, err := helm.run(ctx, "upgrade", chartRelease, chart, "-n", chartNamespace, "--set", "adapter.scrapeInterval=2s", "--wait", "--timeout", "5m"); err != nil {
 		stats.stop()
@@ -340,6 +357,9 @@ func TestAdapterChartLifecycle(t *testing.T) {
 	if caAfter := caBundles(ctx, t, dyn); caAfter != caBefore {
 		t.Errorf("caBundle changed on upgrade")
 	}
+	if got := probeCRDField(ctx, t, dyn); got != "second" {
+		t.Errorf("probe CRD after upgrade: field %q, want second (the upgrade did not update the CRD)", got)
+	}
 
 	// A second release in another namespace is refused with the owner's name.
 	out, err := helm.run(ctx, "install", "other", chart, "-n", "wsscale-other", "--create-namespace")
@@ -362,6 +382,59 @@ func TestAdapterChartLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkNothingLeft(ctx, t, client, dyn)
+	if _, err := dyn.Resource(crdResource).Get(ctx, probeCRDName, metav1.GetOptions{}); err != nil {
+		t.Errorf("probe CRD after uninstall: %v, want kept (helm.sh/resource-policy: keep)", err)
+	}
+}
+
+const probeCRDName = "probes.e2e.wsscale.io"
+
+// probeCRDYAML is a CRD whose schema has one property, named field; changing the name changes
+// the CRD.
+func probeCRDYAML(field string) string {
+	return `apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: ` + probeCRDName + `
+spec:
+  group: e2e.wsscale.io
+  names: {kind: Probe, listKind: ProbeList, plural: probes, singular: probe}
+  scope: Namespaced
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                ` + field + `: {type: string}
+`
+}
+
+// probeCRDField returns the name of the probe CRD's one spec property in the cluster, and checks
+// that the chart marked it to be kept.
+func probeCRDField(ctx context.Context, t *testing.T, dyn dynamic.Interface) string {
+	t.Helper()
+	crd, err := dyn.Resource(crdResource).Get(ctx, probeCRDName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("probe CRD: %v", err)
+	}
+	if got := crd.GetAnnotations()["helm.sh/resource-policy"]; got != "keep" {
+		t.Errorf("probe CRD: helm.sh/resource-policy %q, want keep", got)
+	}
+	versions, _, _ := unstructured.NestedSlice(crd.Object, "spec", "versions")
+	if len(versions) != 1 {
+		t.Fatalf("probe CRD versions: %v", versions)
+	}
+	props, _, _ := unstructured.NestedMap(versions[0].(map[string]any), "schema", "openAPIV3Schema", "properties", "spec", "properties")
+	for name := range props {
+		return name
+	}
+	return ""
 }
 
 // ensureServiceAccount creates, for real, the service account a pod of the dry run refers to: the
