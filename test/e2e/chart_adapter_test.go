@@ -3,6 +3,9 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -231,6 +234,82 @@ func TestAdapterChartScenariosAreAccepted(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAdapterChartRendering checks what the scenarios cannot: values.schema.json rejects unknown
+// keys and wrong types with a message naming them, and in tls.mode auto one render's Secret and
+// caBundle belong together (the serving certificate verifies against the bundle for the Service's
+// DNS name), without a cluster (helm template: lookup finds nothing).
+func TestAdapterChartRendering(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	helm := &helmRunner{bin: filepath.Join(root, ".local", "bin", "helm"), home: t.TempDir()}
+	chart := chartDir(t)
+	for _, tc := range []struct {
+		name, set, want string
+	}{
+		{name: "unknown key", set: "adapter.scrapeIntervall=2s", want: "scrapeIntervall"},
+		{name: "wrong type", set: "replicaCount=two", want: "replicaCount"},
+		{name: "unknown TLS mode", set: "tls.mode=none", want: "/tls/mode"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := helm.run(ctx, "template", chartRelease, chart, "--kube-version", "1.37.0", "--set", tc.set)
+			if err == nil || !strings.Contains(out, "schema") || !strings.Contains(out, tc.want) {
+				t.Errorf("--set %s: err %v, want a schema error naming %s:\n%s", tc.set, err, tc.want, out)
+			}
+		})
+	}
+	t.Run("auto TLS is consistent", func(t *testing.T) {
+		out, err := helm.run(ctx, "template", chartRelease, chart, "-n", chartNamespace, "--kube-version", "1.37.0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var secret map[string]any
+		var bundles []string
+		for _, obj := range decodeYAML(t, "rendered", []byte(out)) {
+			switch obj.GetKind() {
+			case "Secret":
+				secret, _, _ = unstructured.NestedMap(obj.Object, "data")
+			case "APIService":
+				if skip, _, _ := unstructured.NestedBool(obj.Object, "spec", "insecureSkipTLSVerify"); skip {
+					t.Errorf("APIService %s: insecureSkipTLSVerify by default", obj.GetName())
+				}
+				b, _, _ := unstructured.NestedString(obj.Object, "spec", "caBundle")
+				bundles = append(bundles, b)
+			}
+		}
+		if len(bundles) != 2 || bundles[0] == "" || bundles[0] != bundles[1] || secret == nil || secret["ca.crt"] != bundles[0] {
+			t.Fatalf("caBundles %d, Secret ca.crt equal to them: %v", len(bundles), secret != nil && secret["ca.crt"] == bundles[0])
+		}
+		decode := func(key string) []byte {
+			v, _ := secret[key].(string)
+			b, err := base64.StdEncoding.DecodeString(v)
+			if err != nil {
+				t.Fatalf("Secret %s: %v", key, err)
+			}
+			return b
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(decode("ca.crt")) {
+			t.Fatal("ca.crt: no certificate")
+		}
+		pair, err := tls.X509KeyPair(decode("tls.crt"), decode("tls.key"))
+		if err != nil {
+			t.Fatalf("tls.crt and tls.key: %v", err)
+		}
+		leaf, err := x509.ParseCertificate(pair.Certificate[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		dnsName := chartRelease + "." + chartNamespace + ".svc"
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, DNSName: dnsName}); err != nil {
+			t.Errorf("serving certificate for %s against caBundle: %v", dnsName, err)
+		}
+	})
 }
 
 // TestAdapterChartLifecycle installs the adapter chart with no values, proves that the HPA reads
