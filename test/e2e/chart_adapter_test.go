@@ -410,7 +410,14 @@ func TestAdapterChartLifecycle(t *testing.T) {
 	if err := os.WriteFile(probeCRD, []byte(probeCRDYAML("second")), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	stats := startMetricsPoller(ctx, client)
+	// Its own client: the shared one's rate limit (5 requests/s) would thin out the polling.
+	pollCfg := c.RESTConfig()
+	pollCfg.QPS, pollCfg.Burst = 100, 100
+	pollClient, err := kubernetes.NewForConfig(pollCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats := startMetricsPoller(ctx, pollClient)
 	if _, err := helm.run(ctx, "upgrade", chartRelease, chart, "-n", chartNamespace, "--set", "adapter.scrapeInterval=2s", "--wait", "--timeout", "5m"); err != nil {
 		stats.stop()
 		t.Fatal(err)
