@@ -358,14 +358,19 @@ func TestAdapterChartLifecycle(t *testing.T) {
 	}
 
 	installChartEcho(ctx, t, client)
-	// The HPA comes once the adapter has scraped the new pod, so that any FailedGetPodsMetric
-	// below is the chart's fault, not the first scrape's delay.
-	poll(ctx, t, "echo pod's websocket_connections through the API server", time.Minute, func() (bool, string) {
+	// The HPA comes once both adapter replicas have scraped the new pod (the API server spreads
+	// requests over them, and each scrapes on its own schedule): 20 answers in a row with its
+	// value, over twice the scrape interval. Any FailedGetPodsMetric below is then the chart's
+	// fault, not a first scrape's delay.
+	inARow := 0
+	poll(ctx, t, "echo pod's websocket_connections through the API server, 20 times in a row", time.Minute, func() (bool, string) {
 		got, err := podValues(ctx, client, "/apis/custom.metrics.k8s.io/v1beta2/namespaces/"+chartEchoNS+"/pods/*/websocket_connections")
-		if err != nil {
-			return false, err.Error()
+		if err != nil || len(got) != 1 {
+			inARow = 0
+			return false, fmt.Sprint(got, err)
 		}
-		return len(got) == 1, fmt.Sprint(got)
+		inARow++
+		return inARow >= 20, fmt.Sprint(got)
 	})
 	createChartHPA(ctx, t, client)
 	poll(ctx, t, "HPA reads websocket_connections", 2*time.Minute, func() (bool, string) {
