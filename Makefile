@@ -2,6 +2,15 @@
 SHELL := /usr/bin/env bash
 GO ?= go
 BIN := bin
+MODULE := github.com/wsscale/wsscale
+
+# How the product's binaries are built, in one place: `make build` and the Dockerfile (through
+# build-binary) use exactly these flags. Static (no cgo), reproducible paths, version by ldflags.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
+GO_BUILD_ENV := CGO_ENABLED=0
+GO_BUILD_FLAGS := -trimpath
+GO_LDFLAGS := -s -w -X $(MODULE)/pkg/version.version=$(VERSION) -X $(MODULE)/pkg/version.revision=$(COMMIT)
 
 .PHONY: all build demo test test-unit verify verify-gofmt update-gofmt vet echo-run clean
 
@@ -10,8 +19,14 @@ all: build
 ## build: compile every binary of the product into bin/ (cmd/echo as bin/wsecho).
 # cmd/echo is installed as wsecho, so that `wsecho load` is not the shell's builtin echo.
 build:
-	$(GO) build -o $(BIN)/ ./cmd/...
+	$(GO_BUILD_ENV) $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/ ./cmd/...
 	mv -f $(BIN)/echo $(BIN)/wsecho
+
+## build-binary: one binary, BINARY=adapter|echo, into $(BIN)/ (the Dockerfile's build step; GOOS/GOARCH from the environment).
+.PHONY: build-binary
+build-binary:
+	@test -n "$(BINARY)" -a -d cmd/$(BINARY) || { echo "BINARY must name a directory of cmd/ (adapter, echo)"; exit 1; }
+	$(GO_BUILD_ENV) $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/$(BINARY) ./cmd/$(BINARY)
 
 ## demo: the README's main command.
 demo:
@@ -25,7 +40,7 @@ test-unit:
 	$(GO) test -race -count=1 ./...
 
 ## verify: static checks that must pass before a change lands.
-verify: verify-gofmt vet verify-crds
+verify: verify-gofmt vet verify-crds verify-chart verify-chart-crds
 
 verify-gofmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^hack/tools/')); \
@@ -127,3 +142,39 @@ update-manifests:
 ## verify-manifests: fail when deploy/manifests/ is not what the charts render today.
 verify-manifests:
 	$(GO) test -count=1 ./test/e2e/ -run TestWebSocketAppManifestsAreCurrent
+
+# --- the adapter chart (deploy/helm/wsscale) ---------------------------------------------
+HELM ?= $(LOCAL)/bin/helm
+CHART := deploy/helm/wsscale
+CHART_KUBE_VERSION := 1.37.0
+
+.PHONY: verify-chart update-chart-crds verify-chart-crds
+
+## verify-chart: helm lint --strict and helm template of the adapter chart with each ci/*-values.yaml (offline, seconds;
+## the pinned helm is built first when missing).
+verify-chart: tools
+	@for f in $(CHART)/ci/*-values.yaml; do \
+		$(HELM) lint --strict --quiet $(CHART) -f $$f >/dev/null || { $(HELM) lint --strict $(CHART) -f $$f; exit 1; }; \
+		$(HELM) template wsscale $(CHART) -n wsscale-system --kube-version $(CHART_KUBE_VERSION) -f $$f >/dev/null || exit 1; \
+	done; echo "chart $(CHART): lint and template clean for $$(ls $(CHART)/ci/*-values.yaml | wc -l) scenarios"
+
+# The chart renders the ScaleGuard CRD and the controller's ClusterRole rules from copies of the
+# generated files in config/ (Helm cannot read files outside the chart).
+CHART_CRD_SRC := config/crd/bases
+CHART_ROLE_SRC := config/rbac/role.yaml
+
+## update-chart-crds: copy the generated CRDs and the controller's role from config/ into the chart.
+update-chart-crds:
+	@rm -f $(CHART)/files/crds/*.yaml $(CHART)/files/rbac/*.yaml
+	@if ls $(CHART_CRD_SRC)/*.yaml >/dev/null 2>&1; then cp $(CHART_CRD_SRC)/*.yaml $(CHART)/files/crds/; fi
+	@if [ -f $(CHART_ROLE_SRC) ]; then cp $(CHART_ROLE_SRC) $(CHART)/files/rbac/scaleguard-role.yaml; fi
+	@ls $(CHART)/files/crds/*.yaml $(CHART)/files/rbac/*.yaml 2>/dev/null || echo "no generated CRD or role in config/ yet"
+
+## verify-chart-crds: fail when the chart's copies differ from config/.
+verify-chart-crds:
+	@tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; mkdir -p $$tmp/crds $$tmp/rbac; \
+	if ls $(CHART_CRD_SRC)/*.yaml >/dev/null 2>&1; then cp $(CHART_CRD_SRC)/*.yaml $$tmp/crds/; fi; \
+	if [ -f $(CHART_ROLE_SRC) ]; then cp $(CHART_ROLE_SRC) $$tmp/rbac/scaleguard-role.yaml; fi; \
+	diff -r -x .gitkeep -x README.md $$tmp/crds $(CHART)/files/crds && diff -r -x .gitkeep $$tmp/rbac $(CHART)/files/rbac \
+		|| { echo "the chart's CRD/role copies are stale: run make update-chart-crds"; exit 1; }
+# --- end of the adapter chart -------------------------------------------------------------

@@ -19,13 +19,15 @@ go build -o bin/wsecho ./cmd/echo
 kubectl=.local/bin/kubectl # pinned with the control plane, built by cluster-up
 k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
-echo "== the custom metrics adapter (custom.metrics.k8s.io)"
-k apply -f hack/demo/adapter.yaml
+echo "== the custom metrics adapter (custom.metrics.k8s.io), installed with its chart"
+helm=.local/bin/helm # pinned, built by cluster-up
+KUBECONFIG="$kubeconfig" "$helm" upgrade --install wsscale deploy/helm/wsscale -n wsscale-system --create-namespace \
+  --set adapter.scrapeInterval=2s
 echo "== the echo server: a Deployment of 3 pods behind a NodePort Service"
 k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
 k apply -f hack/demo/echo.yaml
 k -n "$ns" rollout status deployment/echo --timeout=180s
-k -n wsscale-system rollout status deployment/wsscale-adapter --timeout=180s
+k -n wsscale-system rollout status deployment/wsscale --timeout=180s
 k wait --for=condition=Available --timeout=120s apiservice/v1beta2.custom.metrics.k8s.io
 k -n "$ns" get pods -o wide
 

@@ -11,9 +11,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
 
-// version is the release, set at link time:
-// -ldflags "-X github.com/wsscale/wsscale/pkg/version.version=v0.1.0".
-var version string
+// version and revision are the release and the source revision, set at link time by the
+// Makefile's GO_LDFLAGS (`make build`, and the Dockerfile through `make build-binary`):
+// -ldflags "-X github.com/wsscale/wsscale/pkg/version.version=v0.1.0 -X ....revision=SHA".
+// Without them the module version and the revision recorded by the go command are used.
+var version, revision string
 
 // Info describes one build.
 type Info struct {
@@ -30,7 +32,11 @@ type Info struct {
 
 // Get returns the running binary's build information.
 func Get() Info {
-	return fromBuildInfo(version, debug.ReadBuildInfo)
+	info := fromBuildInfo(version, debug.ReadBuildInfo)
+	if revision != "" {
+		info.Revision, info.Modified = revision, false
+	}
+	return info
 }
 
 func fromBuildInfo(linked string, read func() (*debug.BuildInfo, bool)) Info {

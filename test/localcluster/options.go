@@ -109,6 +109,8 @@ func DefaultImages(binDir string) map[string]string {
 		// The cluster DNS (CoreDNS, hack/build-module.sh builds it).
 		"registry.k8s.io/coredns/coredns": filepath.Join(binDir, "coredns"),
 		"coredns/coredns":                 filepath.Join(binDir, "coredns"),
+		// The adapter chart's helm test image (its entrypoint is kubectl).
+		"registry.k8s.io/kubectl": filepath.Join(binDir, "kubectl"),
 	}
 }
 
