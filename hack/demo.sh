@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # The demo: starts the local cluster, runs the reference WebSocket server as a Deployment behind a
-# NodePort Service and the custom metrics adapter, holds connections on the server with the load
-# client, and shows each pod's connection count as the HPA reads it (custom.metrics.k8s.io). It
-# scales the Deployment down by hand: the removed pod drains, its clients get a 1001 close frame
-# spread over the drain window and reconnect (with jittered back-off) to the others. Then an HPA
-# takes over and scales the Deployment on open connections.
+# NodePort Service, the custom metrics adapter (with the ScaleGuard controller) and holds
+# deliberately uneven connections on four echo pods with the load client. Then an HPA, pointed at a
+# ScaleGuard, asks for two pods: the guard drains the two least-connected pods (their clients get a
+# 1001 close frame and reconnect to the others) before it lowers the Deployment, and its Events say
+# which pods it chose and why. The demo compares the clients cut with what a choice blind to
+# connections (the ReplicaSet's, under a plain HPA) would cut.
 # The cluster keeps running afterwards; `make cluster-down` stops it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-connections=${DEMO_CONNECTIONS:-1500}
+connections=${DEMO_CONNECTIONS:-1200} # held by two of the pods
+few=${DEMO_FEW_CONNECTIONS:-60}       # spread over all four
 node_port=30080
 ns=wsscale-demo
 kubeconfig=.local/kubeconfig
@@ -19,52 +21,120 @@ go build -o bin/wsecho ./cmd/echo
 kubectl=.local/bin/kubectl # pinned with the control plane, built by cluster-up
 k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
-echo "== the custom metrics adapter (custom.metrics.k8s.io), installed with its chart"
+echo "== the custom metrics adapter (custom.metrics.k8s.io), which runs the ScaleGuard controller, with its chart"
+echo "   (deploy/helm/wsscale: the adapter, its APIServices and RBAC, the ScaleGuard CRD and the guard's role)"
 helm=.local/bin/helm # pinned, built by cluster-up
 KUBECONFIG="$kubeconfig" "$helm" upgrade --install wsscale deploy/helm/wsscale -n wsscale-system --create-namespace \
   --set adapter.scrapeInterval=2s
-echo "== the echo server: a Deployment of 3 pods behind a NodePort Service"
+k wait --for=condition=Established --timeout=60s crd/scaleguards.autoscaling.wsscale.io
+echo "== the echo server: a Deployment of 4 pods behind a NodePort Service"
 k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
+# A rerun starts without the previous run's HPA and guard (deleting the guard keeps the Deployment's size).
+k -n "$ns" delete hpa/echo scaleguard/echo --ignore-not-found --wait=true
 k apply -f hack/demo/echo.yaml
+k -n "$ns" scale deployment/echo --replicas=4
 k -n "$ns" rollout status deployment/echo --timeout=180s
 k -n wsscale-system rollout status deployment/wsscale --timeout=180s
 k wait --for=condition=Available --timeout=120s apiservice/v1beta2.custom.metrics.k8s.io
-k -n "$ns" get pods -o wide
 
-# websocket_connections of every echo pod, as the HPA reads it through the aggregated API.
-show_pods() {
+# The echo pods that are not terminating, oldest first.
+live_pods() {
+  k -n "$ns" get pods -l app.kubernetes.io/name=echo --sort-by=.metadata.creationTimestamp \
+    -o jsonpath='{range .items[?(@.status.phase=="Running")]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}' |
+    awk 'NF==1{print $1}'
+}
+for _ in $(seq 60); do
+  mapfile -t pods < <(live_pods)
+  [ "${#pods[@]}" -eq 4 ] && break
+  sleep 1
+done
+[ "${#pods[@]}" -eq 4 ] || { echo "want 4 running echo pods, have: ${pods[*]}" >&2; exit 1; }
+
+# websocket_connections of every echo pod, as the HPA and the guard read it (custom.metrics.k8s.io).
+pod_values() {
   k get --raw "/apis/custom.metrics.k8s.io/v1beta2/namespaces/$ns/pods/*/websocket_connections" |
-    tr '{},' '\n\n\n' | awk -F'"' '/"name":"echo-/{pod=$4} /"value":/{v=$0; sub(/.*"value":/, "", v); gsub(/"/, "", v); printf "   %-28s websocket_connections: %s\n", pod, v}'
+    tr '{},' '\n\n\n' | awk -F'"' '/"name":"echo-/{pod=$4} /"value":/{v=$0; sub(/.*"value":/, "", v); gsub(/"/, "", v); print pod, v}'
+}
+show_pods() { pod_values | awk '{printf "   %-28s websocket_connections: %s\n", $1, $2}'; }
+# Waits until the adapter sees $1 connections in all.
+wait_total() {
+  for _ in $(seq 60); do
+    [ "$(pod_values | awk '{s+=$2} END{print s+0}')" -ge "$1" ] && return 0
+    sleep 1
+  done
+  echo "the adapter never saw $1 connections" >&2
+  show_pods >&2
+  return 1
 }
 
-echo "== $connections clients through 127.0.0.1:$node_port, each sending a message every second"
-./bin/wsecho load --url "ws://127.0.0.1:$node_port/ws" -c "$connections" --rate 500 \
-  --message-interval 1s --reconnect -d 70s --progress-interval 5s > .local/demo-load.txt &
-load=$!
-trap 'kill $load 2>/dev/null || true' EXIT
-sleep 12
+load() { # name, connections
+  ./bin/wsecho load --url "ws://127.0.0.1:$node_port/ws" -c "$2" --rate 500 --message-interval 5s \
+    --reconnect -d 10m -q -o json > ".local/demo-load-$1.json" &
+}
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+
+echo "== uneven load: ${pods[0]} and ${pods[1]} leave the Service for a moment (the drain label, by hand),"
+echo "   so that $connections clients all go to ${pods[2]} and ${pods[3]}"
+k -n "$ns" label pod "${pods[0]}" "${pods[1]}" wsscale.io/drain=true
+k -n "$ns" wait --for=condition=Ready=false pod/"${pods[0]}" pod/"${pods[1]}" --timeout=60s
+sleep 2 # the NodePort follows the Service's endpoints
+load many "$connections"
+wait_total "$connections"
+k -n "$ns" label pod "${pods[0]}" "${pods[1]}" wsscale.io/drain-
+k -n "$ns" wait --for=condition=Ready pod/"${pods[0]}" pod/"${pods[1]}" --timeout=60s
+sleep 2
+echo "== $few more clients, spread over the four pods"
+load few "$few"
+wait_total $((connections + few))
+sleep 2
 echo "== connections per pod, from /apis/custom.metrics.k8s.io"
 show_pods
-echo "== scale to 2 replicas: the pod that goes drains (after a 3s shutdown delay, 1001 closes over 10s), its clients reconnect"
-k -n "$ns" scale deployment/echo --replicas=2
-sleep 19
-echo "== after the drain"
-show_pods
-echo "== an HPA takes over: 300 connections per pod on average (hack/demo/hpa.yaml)"
+
+echo "== a ScaleGuard between the HPA and the Deployment (hack/demo/scaleguard.yaml): at most 100 clients cut per minute"
+k apply -f hack/demo/scaleguard.yaml
+k -n "$ns" wait --for=jsonpath='{.spec.replicas}'=4 scaleguard/echo --timeout=90s
+# What a choice blind to connections would cut taking 4 pods to 2: the ReplicaSet ranks by
+# readiness, deletion cost, node and age, never by clients.
+read -r guard_cut blind_avg blind_worst < <(pod_values | sort -k2 -n | awk '{v[NR]=$2; s+=$2} END{print v[1]+v[2], int(s/2), v[3]+v[4]}')
+
+echo "== the HPA (hack/demo/hpa.yaml) targets the ScaleGuard: 700 connections per pod on average asks for 2 pods"
 k apply -f hack/demo/hpa.yaml
-sleep 20
-k -n "$ns" get hpa echo
-k -n "$ns" get pods
-wait $load || true
+last=""
+for _ in $(seq 150); do
+  state=$(k -n "$ns" get scaleguard echo -o jsonpath='desired {.spec.replicas}, applied {.status.appliedReplicas}, {.status.state} {.status.step.victims[*].name}')
+  [ "$state" != "$last" ] && echo "   ScaleGuard: $state" && last=$state
+  case "$state" in "desired 2, applied 2, Steady "*) break ;; esac
+  sleep 1
+done
+echo "== why those pods: the ScaleGuard's Events (kubectl describe scaleguard echo)"
+k -n "$ns" describe scaleguard echo | sed -n '/^Events:/,$p'
+k -n "$ns" get scaleguard,hpa
+sleep 8 # the cut clients reconnect to the remaining pods (jittered back-off)
+echo "== after the scale-down: the clients that were cut have reconnected to the pods that stay"
+show_pods
+
+kill -TERM $(jobs -p) 2>/dev/null || true
+wait || true
 trap - EXIT
-echo "== load client summary"
-cat .local/demo-load.txt
+cut=0
+for f in .local/demo-load-many.json .local/demo-load-few.json; do
+  summary=$(tr -d ' \n' < "$f")
+  n=$(grep -o '"1001":[0-9]*' <<<"$summary" | cut -d: -f2 || true)
+  cut=$((cut + ${n:-0}))
+  echo "   $f: $(grep -o '"closesByServerCode":{[^}]*}' <<<"$summary"), $(grep -o '"abnormalDrops":[0-9]*' <<<"$summary")"
+done
 cat <<MSG
 
-The cluster keeps running; with the clients gone the HPA scales back to its minimum after the
-stabilisation window. Try:
-  $kubectl --kubeconfig $kubeconfig -n $ns describe hpa echo
-  $kubectl --kubeconfig $kubeconfig get --raw /apis/custom.metrics.k8s.io/v1beta2/namespaces/$ns/pods/*/websocket_connections
+== connections cut by the scale-down 4 → 2
+   with the ScaleGuard:             $cut, each with a 1001 close frame (the two least-connected pods held
+                                    $guard_cut; a client that reconnected to a victim before it left the
+                                    Service's endpoints is cut again)
+   a choice blind to connections:   $blind_avg on average, up to $blind_worst (the two fullest pods)
+
+The cluster keeps running. Try:
+  $kubectl --kubeconfig $kubeconfig -n $ns get scaleguards
+  $kubectl --kubeconfig $kubeconfig -n $ns scale scaleguard/echo --replicas=3
+  $kubectl --kubeconfig $kubeconfig -n $ns describe scaleguard echo
   ./bin/wsecho load --url ws://127.0.0.1:$node_port/ws -c 100 -d 30s
 Stop it with: make cluster-down
 MSG
