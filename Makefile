@@ -35,9 +35,9 @@ demo:
 ## test: the whole test suite, as CI runs it (race detector on).
 test: verify test-unit
 
-## test-unit: go test with the race detector over every package.
+## test-unit: go test with the race detector over every package (the end-to-end suite alone takes minutes: a long -timeout).
 test-unit:
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -timeout 40m ./...
 
 ## verify: static checks that must pass before a change lands.
 verify: verify-gofmt vet verify-crds verify-chart verify-chart-crds
