@@ -225,9 +225,7 @@ func TestAdapterChartScenariosAreAccepted(t *testing.T) {
 					obj.SetNamespace(checkNamespace)
 					res = dyn.Resource(mapping.Resource).Namespace(checkNamespace)
 				}
-				if _, err := res.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{
-					FieldManager: "wsscale-e2e", Force: true, DryRun: []string{metav1.DryRunAll},
-				}); err != nil {
+				if err := dryRun(ctx, res, obj); err != nil {
 					t.Errorf("%s: rejected: %v", name, err)
 				}
 			}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -27,13 +28,16 @@ var nsResource = schema.GroupVersionResource{Version: "v1", Resource: "namespace
 
 const checkNamespace = "e2e-manifest-check"
 
-// isolate renames obj for the dry run. APIServices keep their names, which are fixed by the API
-// (version.group); applying over an existing one is fine.
+// fixedName says whether the API fixes the object's name (APIService: version.group; CRD:
+// plural.group), so that a dry run cannot use a name of its own.
+func fixedName(kind string) bool { return kind == "APIService" || kind == "CustomResourceDefinition" }
+
+// isolate renames obj for the dry run, except objects whose names the API fixes.
 func isolate(obj *unstructured.Unstructured) {
-	switch obj.GetKind() {
-	case "APIService":
+	switch {
+	case fixedName(obj.GetKind()):
 		return
-	case "Namespace":
+	case obj.GetKind() == "Namespace":
 		obj.SetName(checkNamespace)
 		return
 	}
@@ -113,13 +117,36 @@ func TestDemoManifestsAreAccepted(t *testing.T) {
 				obj.SetNamespace(checkNamespace)
 				res = dyn.Resource(mapping.Resource).Namespace(checkNamespace)
 			}
-			// A server-side apply validates strictly (unknown fields are errors) whether or not
-			// another test already created an object of that name.
-			if _, err := res.Apply(ctx, obj.GetName(), &obj, metav1.ApplyOptions{
-				FieldManager: "wsscale-e2e", Force: true, DryRun: []string{metav1.DryRunAll},
-			}); err != nil {
+			if err := dryRun(ctx, res, &obj); err != nil {
 				t.Errorf("%s: rejected: %v", name, err)
 			}
 		}
+	}
+}
+
+// dryRun submits obj to the API server as a strict server-side dry run. A server-side apply
+// validates strictly (unknown fields are errors) whether or not another test already created an
+// object of that name; but an object whose name the API fixes may exist with fields of another
+// manager that an apply would merge in (an APIService's insecureSkipTLSVerify next to this one's
+// caBundle), so it replaces the existing object instead, as a fresh install would create it.
+func dryRun(ctx context.Context, res dynamic.ResourceInterface, obj *unstructured.Unstructured) error {
+	if !fixedName(obj.GetKind()) {
+		_, err := res.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{
+			FieldManager: "wsscale-e2e", Force: true, DryRun: []string{metav1.DryRunAll},
+		})
+		return err
+	}
+	existing, err := res.Get(ctx, obj.GetName(), metav1.GetOptions{})
+	switch {
+	case err == nil:
+		obj = obj.DeepCopy()
+		obj.SetResourceVersion(existing.GetResourceVersion())
+		_, err = res.Update(ctx, obj, metav1.UpdateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
+		return err
+	case apierrors.IsNotFound(err):
+		_, err = res.Create(ctx, obj, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
+		return err
+	default:
+		return err
 	}
 }
