@@ -330,7 +330,9 @@ func TestWorkerDownwardAPIDelay(t *testing.T) {
 	if got := read(); got != `app="echo"` {
 		t.Fatalf("labels file %q before the sync delay passed", got)
 	}
-	e.stepWhenWaiting(t, time.Second)
+	// The worker may take the update only after the first step (it was already waiting when the
+	// update came): a second full delay makes the write due in either case.
+	e.stepWhenWaiting(t, DefaultDownwardAPISyncDelay)
 	if err := wait.PollUntilContextTimeout(context.Background(), time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
 		return read() == want, nil
 	}); err != nil {

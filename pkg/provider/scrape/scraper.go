@@ -451,7 +451,9 @@ func (s *Scraper) scrapeTarget(ctx context.Context, w *worker, t *target) {
 
 	start := clk.Now()
 	timeout := clk.AfterFunc(s.cfg.Timeout, func() { cancel(errScrapeTimeout) })
-	slow := clk.AfterFunc(s.cfg.SlowAfter, func() { s.slow(ctx, w, t, cancel) })
+	// slow takes s.mu, so it runs on a goroutine of its own: a clock may call AfterFunc's
+	// function while holding a lock that a holder of s.mu waits for (the fake clock does).
+	slow := clk.AfterFunc(s.cfg.SlowAfter, func() { go s.slow(ctx, w, t, cancel) })
 	values, reason, err := s.scrape(scrapeCtx, w, u)
 	timeout.Stop()
 	slow.Stop()
