@@ -110,9 +110,12 @@ func (f *nodePortForwarder) Start() error {
 	return nil
 }
 
-func (f *nodePortForwarder) trigger() {
+func (f *nodePortForwarder) trigger() { poke(f.changed) }
+
+// poke sends on a notice channel without blocking: a notice already pending covers this one.
+func poke(ch chan<- struct{}) {
 	select {
-	case f.changed <- struct{}{}:
+	case ch <- struct{}{}:
 	default:
 	}
 }
@@ -131,12 +134,8 @@ func (f *nodePortForwarder) loop() {
 }
 
 func (f *nodePortForwarder) notifyObserved() {
-	if f.observed == nil {
-		return
-	}
-	select {
-	case f.observed <- struct{}{}:
-	default:
+	if f.observed != nil {
+		poke(f.observed)
 	}
 }
 
@@ -177,16 +176,30 @@ func (f *nodePortForwarder) reconcile() {
 
 // pick chooses the next ready endpoint of the listener's Service port.
 func (f *nodePortForwarder) pick(l *nodePortListener) (string, error) {
-	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: l.target.Service})
-	slices, err := f.slices.EndpointSlices(l.target.Namespace).List(sel)
+	eps, _, err := serviceEndpoints(f.slices, l.target, corev1.ProtocolTCP)
 	if err != nil {
 		return "", err
 	}
-	eps := readyEndpoints(slices, l.target.PortName)
-	if len(eps) == 0 {
-		return "", fmt.Errorf("service %s has no ready endpoints", l.target)
+	return nextEndpoint(eps, &l.next, l.target)
+}
+
+// serviceEndpoints lists the ready endpoints of one port of a Service, and how many
+// EndpointSlices the Service has.
+func serviceEndpoints(lister discoverylisters.EndpointSliceLister, target servicePort, protocol corev1.Protocol) ([]string, int, error) {
+	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: target.Service})
+	slices, err := lister.EndpointSlices(target.Namespace).List(sel)
+	if err != nil {
+		return nil, 0, err
 	}
-	n := l.next.Add(1) - 1
+	return readyEndpointsFor(slices, target.PortName, protocol), len(slices), nil
+}
+
+// nextEndpoint takes the endpoints in turn, one per call.
+func nextEndpoint(eps []string, next *atomic.Uint64, target servicePort) (string, error) {
+	if len(eps) == 0 {
+		return "", fmt.Errorf("service %s has no ready endpoints", target)
+	}
+	n := next.Add(1) - 1
 	return eps[n%uint64(len(eps))], nil
 }
 

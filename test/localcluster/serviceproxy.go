@@ -11,7 +11,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -118,12 +117,7 @@ func (p *serviceProxy) Start() error {
 	return nil
 }
 
-func (p *serviceProxy) trigger() {
-	select {
-	case p.changed <- struct{}{}:
-	default:
-	}
-}
+func (p *serviceProxy) trigger() { poke(p.changed) }
 
 func (p *serviceProxy) loop() {
 	defer close(p.done)
@@ -215,22 +209,16 @@ func (p *serviceProxy) reconcile() {
 
 // pick chooses the next ready endpoint of the proxy's Service port.
 func (p *serviceProxy) pick(proxy *clusterIPProxy, protocol corev1.Protocol) (string, error) {
-	sel := labels.SelectorFromSet(labels.Set{discoveryv1.LabelServiceName: proxy.target.Service})
-	slices, err := p.slices.EndpointSlices(proxy.target.Namespace).List(sel)
+	eps, slices, err := serviceEndpoints(p.slices, proxy.target, protocol)
 	if err != nil {
 		return "", err
 	}
-	eps := readyEndpointsFor(slices, proxy.target.PortName, protocol)
-	if len(eps) == 0 {
-		if len(slices) == 0 && p.fallback != nil {
-			if addr := p.fallback(proxy.target); addr != "" {
-				return addr, nil
-			}
+	if len(eps) == 0 && slices == 0 && p.fallback != nil {
+		if addr := p.fallback(proxy.target); addr != "" {
+			return addr, nil
 		}
-		return "", fmt.Errorf("service %s has no ready endpoints", proxy.target)
 	}
-	n := proxy.next.Add(1) - 1
-	return eps[n%uint64(len(eps))], nil
+	return nextEndpoint(eps, &proxy.next, proxy.target)
 }
 
 // Stop closes every listener and forwarded connection.

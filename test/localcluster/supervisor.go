@@ -255,16 +255,18 @@ func (s *supervisor) start(ctx context.Context) error {
 	if err := routeServiceRange(ServiceCIDR); err != nil {
 		return err
 	}
-	s.services = newServiceProxy(client, func(p servicePort) string {
+	services := newServiceProxy(client, func(p servicePort) string {
 		// Nothing maintains the kubernetes Service's endpoints (--endpoint-reconciler-type=none).
 		if p.Namespace == metav1.NamespaceDefault && p.Service == "kubernetes" {
 			return net.JoinHostPort(NodeIP, strconv.Itoa(APIServerPort))
 		}
 		return ""
 	})
-	if err := s.services.Start(); err != nil {
+	if err := services.Start(); err != nil {
 		return err
 	}
+	// Only a started proxy is stopped by teardown (Stop waits for its loop).
+	s.services = services
 	if err := s.waitFor(ctx, "cluster DNS objects", func(ctx context.Context) error {
 		return installClusterDNS(ctx, client)
 	}); err != nil {
