@@ -20,7 +20,11 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 
+	"github.com/wsscale/wsscale/pkg/provider/internal/podtest"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
+	podsel "github.com/wsscale/wsscale/pkg/provider/pods"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
 // realisticPodJSON is a pod of the reference Deployment as the API server
@@ -65,13 +69,13 @@ func decodePod(tb testing.TB, i int) *corev1.Pod {
 	return &p
 }
 
-// benchCluster is n tracked pods in the informer cache and the Store, all
+// benchCluster is n tracked pods in the informer cache and the value store, all
 // with a fresh value.
-func benchCluster(tb testing.TB, n int) (*Provider, *Store) {
-	sel := &Selection{RequireAnnotation: true, PortName: DefaultMetricsPortName}
-	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, PodIndexers())
-	store := NewStore(DefaultMetrics(), time.Hour, clock.RealClock{}, nil)
-	tracker := NewPodTracker(sel, nil, store)
+func benchCluster(tb testing.TB, n int) (*Provider, *store.Store) {
+	sel := &podsel.Selection{RequireAnnotation: true, PortName: podsel.DefaultMetricsPortName}
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, podsel.PodIndexers())
+	values := store.New(metricsconfig.DefaultMetrics(), time.Hour, clock.RealClock{}, nil)
+	tracker := podsel.NewPodTracker(sel, nil, values)
 	now := time.Now()
 	for i := range n {
 		obj, _ := sel.StripPod(decodePod(tb, i))
@@ -79,15 +83,15 @@ func benchCluster(tb testing.TB, n int) (*Provider, *Store) {
 			tb.Fatal(err)
 		}
 		tracker.OnAdd(obj, true)
-		store.Observe(scrape.PodKey{Namespace: "ws", Name: obj.(*corev1.Pod).Name}, scrape.Sample{
+		values.Observe(scrape.PodKey{Namespace: "ws", Name: obj.(*corev1.Pod).Name}, scrape.Sample{
 			Time: now, Values: []scrape.Value{{Value: float64(i), Present: true}, {Value: 10000, Present: true}},
 		})
 	}
-	p, err := New(Config{Metrics: DefaultMetrics(), Pods: idx, ReplicaSets: rsIndexer(tb), Selection: sel, Source: store})
+	p, err := New(Config{Metrics: metricsconfig.DefaultMetrics(), Pods: idx, ReplicaSets: rsIndexer(tb), Selection: sel, Source: values})
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return p, store
+	return p, values
 }
 
 // BenchmarkGetMetricBySelector answers the HPA's query for every pod of a
@@ -101,7 +105,7 @@ func BenchmarkGetMetricBySelector(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			info := podInfo(ConnectionsMetric)
+			info := podInfo(metricsconfig.ConnectionsMetric)
 			lat := make([]time.Duration, 0, b.N)
 			b.ReportAllocs()
 			b.ResetTimer()
@@ -121,19 +125,19 @@ func BenchmarkGetMetricBySelector(b *testing.B) {
 }
 
 // BenchmarkMemoryPerPod measures the heap held per tracked pod at 10,000
-// pods: the stripped informer cache, the tracker and the Store, and
+// pods: the stripped informer cache, the tracker and the value store, and
 // separately the scraper's schedule (without idle connections, whose cost
 // BenchmarkScrape10kPods in pkg/provider/scrape measures).
 func BenchmarkMemoryPerPod(b *testing.B) {
 	const n = 10000
 	for b.Loop() {
 		before := heapInUse()
-		p, store := benchCluster(b, n)
+		p, values := benchCluster(b, n)
 		cacheAndStore := heapInUse() - before
 		runtime.KeepAlive(p)
 
-		cfg := scrape.NewConfig(ScrapeSeries(DefaultMetrics())...)
-		scraper, err := scrape.New(cfg, store)
+		cfg := scrape.NewConfig(metricsconfig.ScrapeSeries(metricsconfig.DefaultMetrics())...)
+		scraper, err := scrape.New(cfg, values)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -148,8 +152,8 @@ func BenchmarkMemoryPerPod(b *testing.B) {
 		}
 		scraperHeap := heapInUse() - before
 		runtime.KeepAlive(scraper)
-		runtime.KeepAlive(store)
-		b.ReportMetric(float64(cacheAndStore)/n, "cache+store-B/pod")
+		runtime.KeepAlive(values)
+		b.ReportMetric(float64(cacheAndStore)/n, "cache+values-B/pod")
 		b.ReportMetric(float64(scraperHeap)/n, "scraper-B/pod")
 	}
 }
@@ -180,27 +184,27 @@ func BenchmarkFreshness(b *testing.B) {
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
 
-	metrics := DefaultMetrics()
-	store := NewStore(metrics, 2*interval, clock.RealClock{}, nil)
-	cfg := scrape.NewConfig(ScrapeSeries(metrics)...)
+	metrics := metricsconfig.DefaultMetrics()
+	vs := store.New(metrics, 2*interval, clock.RealClock{}, nil)
+	cfg := scrape.NewConfig(metricsconfig.ScrapeSeries(metrics)...)
 	cfg.Interval, cfg.Timeout = interval, interval/2
-	scraper, err := scrape.New(cfg, store)
+	scraper, err := scrape.New(cfg, vs)
 	if err != nil {
 		b.Fatal(err)
 	}
-	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, PodIndexers())
-	sel := &Selection{PortName: DefaultMetricsPortName}
+	idx := cache.NewIndexer(cache.MetaNamespaceKeyFunc, podsel.PodIndexers())
+	sel := &podsel.Selection{PortName: podsel.DefaultMetricsPortName}
 	for i := range n {
-		pod := newPod("ws", fmt.Sprintf("pod-%d", i))
+		pod := podtest.NewPod("ws", fmt.Sprintf("pod-%d", i))
 		if err := idx.Add(pod); err != nil {
 			b.Fatal(err)
 		}
-		store.Add(scrape.PodKey{Namespace: "ws", Name: pod.Name})
+		vs.Add(scrape.PodKey{Namespace: "ws", Name: pod.Name})
 		if err := scraper.Set(scrape.Target{Key: scrape.PodKey{Namespace: "ws", Name: pod.Name}, URL: fmt.Sprintf("http://%s/pod/%d", host, i)}); err != nil {
 			b.Fatal(err)
 		}
 	}
-	p, err := New(Config{Metrics: metrics, Pods: idx, ReplicaSets: rsIndexer(b), Selection: sel, Source: store})
+	p, err := New(Config{Metrics: metrics, Pods: idx, ReplicaSets: rsIndexer(b), Selection: sel, Source: vs})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -209,7 +213,7 @@ func BenchmarkFreshness(b *testing.B) {
 	go func() { _ = scraper.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	info := podInfo(ConnectionsMetric)
+	info := podInfo(metricsconfig.ConnectionsMetric)
 	var lat []time.Duration
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {

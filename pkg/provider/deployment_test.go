@@ -15,13 +15,17 @@ import (
 	testingclock "k8s.io/utils/clock/testing"
 	cmprovider "sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
+	"github.com/wsscale/wsscale/pkg/provider/internal/podtest"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
+	podsel "github.com/wsscale/wsscale/pkg/provider/pods"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
-func notReady() podOpt { return withReady(false) }
+func notReady() podtest.Opt { return podtest.WithReady(false) }
 
 // hashed gives a pod the pod-template-hash label of a Deployment's ReplicaSet.
-func hashed(hash string) podOpt {
+func hashed(hash string) podtest.Opt {
 	return func(p *corev1.Pod) { p.Labels[appsv1.DefaultDeploymentUniqueLabelKey] = hash }
 }
 
@@ -31,18 +35,18 @@ func hashed(hash string) podOpt {
 // holds; a pod that serves nobody (not Ready and never had a value:
 // starting, crash-looping) is left out instead of freezing the Deployment.
 func TestDeploymentRule(t *testing.T) {
-	fresh := func(v float64) Point { return Point{Value: v, Time: t0, OK: true, HadValue: true} }
-	hadValue := Point{HadValue: true} // scraped before, no fresh value now
+	fresh := func(v float64) store.Point { return store.Point{Value: v, Time: t0, OK: true, HadValue: true} }
+	hadValue := store.Point{HadValue: true} // scraped before, no fresh value now
 	web := types.NamespacedName{Namespace: "r", Name: "web"}
-	defaultSets := []*appsv1.ReplicaSet{newReplicaSet("r", "web-111", "web"), newReplicaSet("r", "web-222", "web")}
-	pod := func(name, rs string, opts ...podOpt) *corev1.Pod {
-		return newPod("r", name, append([]podOpt{ownedBy("ReplicaSet", rs)}, opts...)...)
+	defaultSets := []*appsv1.ReplicaSet{podtest.NewReplicaSet("r", "web-111", "web"), podtest.NewReplicaSet("r", "web-222", "web")}
+	pod := func(name, rs string, opts ...podtest.Opt) *corev1.Pod {
+		return podtest.NewPod("r", name, append([]podtest.Opt{podtest.OwnedBy("ReplicaSet", rs)}, opts...)...)
 	}
 	tests := []struct {
 		name     string
 		pods     []*corev1.Pod
 		sets     []*appsv1.ReplicaSet // nil: web-111 and web-222 of web
-		points   map[string]Point
+		points   map[string]store.Point
 		want     string
 		wantCode int
 		wantMsg  string
@@ -50,37 +54,37 @@ func TestDeploymentRule(t *testing.T) {
 		{
 			name:   "every pod fresh",
 			pods:   []*corev1.Pod{pod("a", "web-111"), pod("b", "web-222")},
-			points: map[string]Point{"a": fresh(10), "b": fresh(5)},
+			points: map[string]store.Point{"a": fresh(10), "b": fresh(5)},
 			want:   "15",
 		},
 		{
 			name:     "a Ready pod without a value holds the Deployment",
 			pods:     []*corev1.Pod{pod("a", "web-111"), pod("b", "web-222")},
-			points:   map[string]Point{"a": fresh(10)},
+			points:   map[string]store.Point{"a": fresh(10)},
 			wantCode: http.StatusNotFound, wantMsg: "1 of 2 pods that serve clients have no fresh value",
 		},
 		{
 			name:   "a new pod before its first scrape is left out (rollout)",
 			pods:   []*corev1.Pod{pod("a", "web-111"), pod("new", "web-222", notReady())},
-			points: map[string]Point{"a": fresh(10)},
+			points: map[string]store.Point{"a": fresh(10)},
 			want:   "10",
 		},
 		{
 			name:   "a crash-looping pod (not Ready, no value since its restart) is left out",
 			pods:   []*corev1.Pod{pod("a", "web-111"), pod("crash", "web-111", notReady())},
-			points: map[string]Point{"a": fresh(10), "crash": {}},
+			points: map[string]store.Point{"a": fresh(10), "crash": {}},
 			want:   "10",
 		},
 		{
 			name:     "a draining pod (not Ready, had a value) whose scrape fails holds the Deployment",
 			pods:     []*corev1.Pod{pod("a", "web-111"), pod("drain", "web-111", notReady())},
-			points:   map[string]Point{"a": fresh(10), "drain": hadValue},
+			points:   map[string]store.Point{"a": fresh(10), "drain": hadValue},
 			wantCode: http.StatusNotFound, wantMsg: "1 of 2 pods that serve clients have no fresh value",
 		},
 		{
 			name:   "a not-Ready pod with a fresh value counts",
 			pods:   []*corev1.Pod{pod("a", "web-111"), pod("drain", "web-111", notReady())},
-			points: map[string]Point{"a": fresh(10), "drain": fresh(7)},
+			points: map[string]store.Point{"a": fresh(10), "drain": fresh(7)},
 			want:   "17",
 		},
 		{
@@ -91,40 +95,44 @@ func TestDeploymentRule(t *testing.T) {
 		{
 			name:     "a Ready pod whose ReplicaSet is not in the cache yet holds the Deployment",
 			pods:     []*corev1.Pod{pod("a", "web-111"), pod("b", "web-333", hashed("333"))},
-			points:   map[string]Point{"a": fresh(10), "b": fresh(5)},
+			points:   map[string]store.Point{"a": fresh(10), "b": fresh(5)},
 			wantCode: http.StatusNotFound, wantMsg: `ReplicaSet "web-333" of pod "b" is not in the cache`,
 		},
 		{
 			name:     "the same, without a pod-template-hash label",
 			pods:     []*corev1.Pod{pod("a", "web-111"), pod("b", "web-333")},
-			points:   map[string]Point{"a": fresh(10), "b": fresh(5)},
+			points:   map[string]store.Point{"a": fresh(10), "b": fresh(5)},
 			wantCode: http.StatusNotFound, wantMsg: `ReplicaSet "web-333" of pod "b" is not in the cache`,
 		},
 		{
 			name:   "a starting pod whose ReplicaSet is not in the cache yet is left out",
 			pods:   []*corev1.Pod{pod("a", "web-111"), pod("new", "web-333", hashed("333"), notReady())},
-			points: map[string]Point{"a": fresh(10)},
+			points: map[string]store.Point{"a": fresh(10)},
 			want:   "10",
 		},
 		{
 			name: "a ReplicaSet of the same name but another UID is not the pod's",
 			pods: []*corev1.Pod{pod("a", "web-111"), pod("b", "web-222")},
-			sets: []*appsv1.ReplicaSet{newReplicaSet("r", "web-111", "web"),
-				func() *appsv1.ReplicaSet { rs := newReplicaSet("r", "web-222", "web"); rs.UID = "recreated"; return rs }()},
-			points:   map[string]Point{"a": fresh(10), "b": fresh(5)},
+			sets: []*appsv1.ReplicaSet{podtest.NewReplicaSet("r", "web-111", "web"),
+				func() *appsv1.ReplicaSet {
+					rs := podtest.NewReplicaSet("r", "web-222", "web")
+					rs.UID = "recreated"
+					return rs
+				}()},
+			points:   map[string]store.Point{"a": fresh(10), "b": fresh(5)},
 			wantCode: http.StatusNotFound, wantMsg: `ReplicaSet "web-222" of pod "b" is not in the cache`,
 		},
 		{
 			name:   "an uncached ReplicaSet of another Deployment sharing the name prefix does not hold",
 			pods:   []*corev1.Pod{pod("a", "web-111"), pod("canary", "web-canary-444", hashed("444"))},
-			points: map[string]Point{"a": fresh(10), "canary": fresh(3)},
+			points: map[string]store.Point{"a": fresh(10), "canary": fresh(3)},
 			want:   "10",
 		},
 		{
 			name:   "pods of other Deployments and bare pods do not count",
-			pods:   []*corev1.Pod{pod("a", "web-111"), pod("x", "api-555"), newPod("r", "bare")},
-			sets:   append([]*appsv1.ReplicaSet{newReplicaSet("r", "api-555", "api")}, defaultSets...),
-			points: map[string]Point{"a": fresh(10), "x": fresh(100), "bare": fresh(1000)},
+			pods:   []*corev1.Pod{pod("a", "web-111"), pod("x", "api-555"), podtest.NewPod("r", "bare")},
+			sets:   append([]*appsv1.ReplicaSet{podtest.NewReplicaSet("r", "api-555", "api")}, defaultSets...),
+			points: map[string]store.Point{"a": fresh(10), "x": fresh(100), "bare": fresh(1000)},
 			want:   "10",
 		},
 	}
@@ -134,19 +142,19 @@ func TestDeploymentRule(t *testing.T) {
 			if sets == nil {
 				sets = defaultSets
 			}
-			points := map[string]Point{}
+			points := map[string]store.Point{}
 			for name, pt := range tt.points {
 				points["r/"+name] = pt
 			}
 			p, err := New(Config{
-				Metrics: DefaultMetrics(), Pods: podIndexer(t, tt.pods...), ReplicaSets: rsIndexer(t, sets...),
-				Source:    &fakeSource{points: map[int]map[string]Point{0: points}},
-				Selection: &Selection{PortName: DefaultMetricsPortName},
+				Metrics: metricsconfig.DefaultMetrics(), Pods: podIndexer(t, tt.pods...), ReplicaSets: rsIndexer(t, sets...),
+				Source:    &fakeSource{points: map[int]map[string]store.Point{0: points}},
+				Selection: &podsel.Selection{PortName: podsel.DefaultMetricsPortName},
 			})
 			if err != nil {
 				t.Fatal(err)
 			}
-			v, err := p.GetMetricByName(context.Background(), web, deploymentInfo(ConnectionsMetric), labels.Everything())
+			v, err := p.GetMetricByName(context.Background(), web, deploymentInfo(metricsconfig.ConnectionsMetric), labels.Everything())
 			if tt.wantCode != 0 {
 				if statusCode(err) != tt.wantCode || !strings.Contains(err.Error(), tt.wantMsg) {
 					t.Fatalf("err = %v (code %d), want code %d with %q", err, statusCode(err), tt.wantCode, tt.wantMsg)
@@ -160,7 +168,7 @@ func TestDeploymentRule(t *testing.T) {
 				t.Errorf("value %s, want %s", v.Value.String(), tt.want)
 			}
 			// The list of every Deployment agrees.
-			list, err := p.GetMetricBySelector(context.Background(), "r", labels.Everything(), deploymentInfo(ConnectionsMetric), labels.Everything())
+			list, err := p.GetMetricBySelector(context.Background(), "r", labels.Everything(), deploymentInfo(metricsconfig.ConnectionsMetric), labels.Everything())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -198,7 +206,7 @@ func TestResourceNames(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			info := cmprovider.CustomMetricInfo{GroupResource: tt.resource, Namespaced: true, Metric: ConnectionsMetric}
+			info := cmprovider.CustomMetricInfo{GroupResource: tt.resource, Namespaced: true, Metric: metricsconfig.ConnectionsMetric}
 			v, err := p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "ns", Name: tt.object}, info, labels.Everything())
 			if tt.wantCode != 0 {
 				if statusCode(err) != tt.wantCode {
@@ -223,13 +231,13 @@ func TestResourceNames(t *testing.T) {
 // TestHadValue follows a pod through the states the Deployment rule tells
 // apart: never scraped, scraped, failing after a value (still may serve),
 // restarted (serves nobody until scraped again), and the restart seen by the
-// PodTracker from the pod's container statuses.
+// pods.PodTracker from the pod's container statuses.
 func TestHadValue(t *testing.T) {
 	clk := testingclock.NewFakeClock(t0)
-	store := NewStore(DefaultMetrics(), 10*time.Second, clk, nil)
-	sel := &Selection{PortName: DefaultMetricsPortName}
-	tracker := NewPodTracker(sel, nil, store)
-	withRestarts := func(n int32) podOpt {
+	values := store.New(metricsconfig.DefaultMetrics(), 10*time.Second, clk, nil)
+	sel := &podsel.Selection{PortName: podsel.DefaultMetricsPortName}
+	tracker := podsel.NewPodTracker(sel, nil, values)
+	withRestarts := func(n int32) podtest.Opt {
 		return func(p *corev1.Pod) {
 			p.Status.ContainerStatuses = []corev1.ContainerStatus{{Name: "echo", RestartCount: n}}
 		}
@@ -241,18 +249,18 @@ func TestHadValue(t *testing.T) {
 		wantOK  bool
 		wantHad bool
 	}{
-		{name: "tracked, never scraped", do: func() { tracker.OnAdd(newPod("ns", "a", withRestarts(0)), true) }},
-		{name: "scraped", do: func() { store.Observe(a, sample(clk.Now(), 3, 10)) }, wantOK: true, wantHad: true},
-		{name: "scrape fails: no value, but it had one", do: func() { store.Fail(a, scrape.Failure{Time: clk.Now(), Reason: scrape.ReasonTimeout}) }, wantHad: true},
-		{name: "an update without a restart changes nothing", do: func() { tracker.OnUpdate(nil, newPod("ns", "a", withRestarts(0), notReady())) }, wantHad: true},
-		{name: "the container restarted", do: func() { tracker.OnUpdate(nil, newPod("ns", "a", withRestarts(1), notReady())) }},
-		{name: "scraped again", do: func() { store.Observe(a, sample(clk.Now(), 0, 10)) }, wantOK: true, wantHad: true},
+		{name: "tracked, never scraped", do: func() { tracker.OnAdd(podtest.NewPod("ns", "a", withRestarts(0)), true) }},
+		{name: "scraped", do: func() { values.Observe(a, sample(clk.Now(), 3, 10)) }, wantOK: true, wantHad: true},
+		{name: "scrape fails: no value, but it had one", do: func() { values.Fail(a, scrape.Failure{Time: clk.Now(), Reason: scrape.ReasonTimeout}) }, wantHad: true},
+		{name: "an update without a restart changes nothing", do: func() { tracker.OnUpdate(nil, podtest.NewPod("ns", "a", withRestarts(0), notReady())) }, wantHad: true},
+		{name: "the container restarted", do: func() { tracker.OnUpdate(nil, podtest.NewPod("ns", "a", withRestarts(1), notReady())) }},
+		{name: "scraped again", do: func() { values.Observe(a, sample(clk.Now(), 0, 10)) }, wantOK: true, wantHad: true},
 		{name: "stale: no value, but it had one", do: func() { clk.Step(11 * time.Second) }, wantHad: true},
 	}
 	for _, st := range steps {
 		t.Run(st.name, func(t *testing.T) {
 			st.do()
-			pts, err := store.Lookup(context.Background(), 0, "ns", []string{"a"})
+			pts, err := values.Lookup(context.Background(), 0, "ns", []string{"a"})
 			if err != nil {
 				t.Fatal(err)
 			}

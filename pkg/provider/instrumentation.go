@@ -6,7 +6,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	podsel "github.com/wsscale/wsscale/pkg/provider/pods"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
 // Instruments are the adapter's own metrics about scraping and serving.
@@ -17,8 +19,8 @@ type Instruments struct {
 }
 
 var (
-	_ ScrapeObserver  = (*Instruments)(nil)
-	_ RequestObserver = (*Instruments)(nil)
+	_ store.ScrapeObserver = (*Instruments)(nil)
+	_ RequestObserver      = (*Instruments)(nil)
 )
 
 // NewInstruments registers the scrape and request metrics with reg.
@@ -64,12 +66,12 @@ func (in *Instruments) ObserveRequest(method, resource string, code int, d time.
 }
 
 // RegisterPodGauges registers the gauges of tracked pods and of their values'
-// states: pods_tracked, and, when the values come from the Store (store may
+// states: pods_tracked, and, when the values come from the value store (store may
 // be nil), pod_values{state=fresh|stale|failed|pending} by the outcome of
 // each pod's last scrape and
 // metric_values{metric,state=fresh|stale|failed|pending|missing|invalid} by
 // the state of each metric's value.
-func RegisterPodGauges(reg prometheus.Registerer, tracker *PodTracker, store *Store) error {
+func RegisterPodGauges(reg prometheus.Registerer, tracker *podsel.PodTracker, store *store.Store) error {
 	if err := reg.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "wsscale_adapter", Name: "pods_tracked",
 		Help: "Pods selected for metrics: running, with an IP, not terminating and matching the selection.",
@@ -92,9 +94,9 @@ func RegisterPodGauges(reg prometheus.Registerer, tracker *PodTracker, store *St
 	})
 }
 
-// storeCollector reads the Store's states at collection time.
+// storeCollector reads the value store's states at collection time.
 type storeCollector struct {
-	store         *Store
+	store         *store.Store
 	pods, metrics *prometheus.Desc
 }
 

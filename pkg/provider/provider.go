@@ -1,7 +1,14 @@
 // Package provider serves the custom metrics API (custom.metrics.k8s.io)
-// from the connection counts of pods: which pods to track (a stripped pod
-// informer and a Selection), their latest values (a Store fed by the scraper,
-// or the Prometheus source), freshness, and the answers to the HPA.
+// from the connection counts of pods, and holds the adapter's own metrics
+// and readiness checks. Its parts are one noun per package:
+//
+//   - metricsconfig: the served metrics, their series and value rules, and
+//     the metrics configuration file;
+//   - pods: which pods are tracked (Selection), the pod and ReplicaSet
+//     informers, and the PodTracker that turns pod events into targets;
+//   - scrape and exposition: reading the pods' /metrics;
+//   - store: the latest values and their freshness (the scraper's sink);
+//   - promsource: values from an existing Prometheus instead.
 //
 // Missing or stale data is never reported as 0: a pod without a fresh value
 // is left out of the answer, so that the HPA treats it as missing (it then
@@ -33,6 +40,10 @@ import (
 	"k8s.io/metrics/pkg/apis/custom_metrics"
 	"k8s.io/utils/clock"
 	cmprovider "sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
+
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
+	podsel "github.com/wsscale/wsscale/pkg/provider/pods"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
 // The resources metrics are served for.
@@ -49,21 +60,36 @@ type RequestObserver interface {
 	ObserveRequest(method, resource string, code int, duration time.Duration)
 }
 
+// Source gives the latest fresh values of a served metric. The value store
+// (pkg/provider/store) and the Prometheus source (pkg/provider/promsource)
+// implement it.
+type Source interface {
+	// Lookup returns the value of metric (an index into the served metrics)
+	// for each named pod of namespace, in the same order. A pod without a
+	// fresh value gets a Point with OK false, never a zero value.
+	Lookup(ctx context.Context, metric int, namespace string, pods []string) ([]store.Point, error)
+}
+
+var (
+	_ Source         = (*store.Store)(nil)
+	_ podsel.Tracker = (*store.Store)(nil)
+)
+
 // Config configures a Provider.
 type Config struct {
 	// Metrics are the served metrics; Source indexes into them.
-	Metrics []Metric
-	// Pods is the pod cache, with the indexes of PodIndexers.
+	Metrics []metricsconfig.Metric
+	// Pods is the pod cache, with the indexes of pods.PodIndexers.
 	Pods cache.Indexer
 	// ReplicaSets is the ReplicaSet cache, with the indexes of
-	// ReplicaSetIndexers, to find a Deployment's pods.
+	// pods.ReplicaSetIndexers, to find a Deployment's pods.
 	ReplicaSets cache.Indexer
 	// Mapper resolves the resource names of requests, so that deployments,
 	// deployment and deployments.apps mean the same; nil means a static
 	// mapper of the served resources (ServedResources).
 	Mapper meta.RESTMapper
 	// Selection says which pods are tracked.
-	Selection *Selection
+	Selection *podsel.Selection
 	// Source gives the values.
 	Source Source
 	// Observer, if not nil, records every request.
@@ -74,13 +100,13 @@ type Config struct {
 
 // Provider implements the custom metrics API for pods and Deployments.
 type Provider struct {
-	metrics     []Metric
+	metrics     []metricsconfig.Metric
 	byName      map[string]int
 	pods        corelisters.PodLister
 	podIndex    cache.Indexer
 	replicaSets cache.Indexer
 	mapper      meta.RESTMapper
-	selection   *Selection
+	selection   *podsel.Selection
 	source      Source
 	observer    RequestObserver
 	clock       clock.PassiveClock
@@ -90,14 +116,14 @@ var _ cmprovider.CustomMetricsProvider = (*Provider)(nil)
 
 // New returns a Provider.
 func New(cfg Config) (*Provider, error) {
-	if errs := ValidateMetrics(cfg.Metrics); len(errs) > 0 {
+	if errs := metricsconfig.ValidateMetrics(cfg.Metrics); len(errs) > 0 {
 		return nil, fmt.Errorf("invalid metrics: %w", errors.Join(errs...))
 	}
 	if cfg.Pods == nil || cfg.ReplicaSets == nil || cfg.Selection == nil || cfg.Source == nil {
 		return nil, errors.New("provider needs pods, replica sets, a selection and a source")
 	}
 	p := &Provider{
-		metrics:     append([]Metric(nil), cfg.Metrics...),
+		metrics:     append([]metricsconfig.Metric(nil), cfg.Metrics...),
 		byName:      map[string]int{},
 		pods:        corelisters.NewPodLister(cfg.Pods),
 		podIndex:    cfg.Pods,
@@ -249,7 +275,7 @@ func (p *Provider) identifier(m int, metricSelector labels.Selector) custom_metr
 	return ident
 }
 
-func (p *Provider) lookup(ctx context.Context, m int, namespace string, pods []string) ([]Point, error) {
+func (p *Provider) lookup(ctx context.Context, m int, namespace string, pods []string) ([]store.Point, error) {
 	points, err := p.source.Lookup(ctx, m, namespace, pods)
 	if err != nil {
 		var status apierrors.APIStatus
@@ -305,7 +331,7 @@ type unknownPod struct {
 // the Deployment's.
 func (p *Provider) podsOf(namespace, deployment string) (deploymentPods, error) {
 	var out deploymentPods
-	sets, err := p.replicaSets.ByIndex(ReplicaSetsByDeployment, namespace+"/"+deployment)
+	sets, err := p.replicaSets.ByIndex(podsel.ReplicaSetsByDeployment, namespace+"/"+deployment)
 	if err != nil {
 		return out, apierrors.NewInternalError(fmt.Errorf("ReplicaSets of deployment %s/%s: %w", namespace, deployment, err))
 	}
@@ -314,7 +340,7 @@ func (p *Provider) podsOf(namespace, deployment string) (deploymentPods, error) 
 		if !ok {
 			continue
 		}
-		pods, err := p.podIndex.ByIndex(PodsByReplicaSet, namespace+"/"+rs.Name)
+		pods, err := p.podIndex.ByIndex(podsel.PodsByReplicaSet, namespace+"/"+rs.Name)
 		if err != nil {
 			return out, apierrors.NewInternalError(fmt.Errorf("pods of ReplicaSet %s/%s: %w", namespace, rs.Name, err))
 		}
@@ -334,7 +360,7 @@ func (p *Provider) podsOf(namespace, deployment string) (deploymentPods, error) 
 	// its ReplicaSets DEPLOYMENT-HASH, HASH being the pods' pod-template-hash
 	// label.
 	prefix := namespace + "/" + deployment + "-"
-	for _, key := range p.podIndex.ListIndexFuncValues(PodsByReplicaSet) {
+	for _, key := range p.podIndex.ListIndexFuncValues(podsel.PodsByReplicaSet) {
 		if !strings.HasPrefix(key, prefix) {
 			continue
 		}
@@ -342,7 +368,7 @@ func (p *Provider) podsOf(namespace, deployment string) (deploymentPods, error) 
 			continue
 		}
 		rsName := key[len(namespace)+1:]
-		pods, err := p.podIndex.ByIndex(PodsByReplicaSet, key)
+		pods, err := p.podIndex.ByIndex(podsel.PodsByReplicaSet, key)
 		if err != nil {
 			return out, apierrors.NewInternalError(fmt.Errorf("pods of ReplicaSet %s: %w", key, err))
 		}
@@ -413,17 +439,8 @@ func (p *Provider) deploymentValues(ctx context.Context, m int, namespace string
 // connections: it is Ready, or it had a value since its containers last
 // started (a draining pod is not Ready but still closing its clients). A
 // pod that is neither (starting, crash-looping) serves nobody.
-func servesClients(pod *corev1.Pod, pt Point) bool {
-	return pt.HadValue || podReady(pod)
-}
-
-func podReady(pod *corev1.Pod) bool {
-	for _, c := range pod.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
+func servesClients(pod *corev1.Pod, pt store.Point) bool {
+	return pt.HadValue || podsel.Ready(pod)
 }
 
 // aggregate combines a Deployment's values by the Deployment rule. It is
@@ -471,7 +488,7 @@ func (p *Provider) aggregate(ctx context.Context, m int, name types.NamespacedNa
 		switch {
 		case counted == 0:
 			agg = pt.Value
-		case metric.Aggregation == AggregateMax:
+		case metric.Aggregation == metricsconfig.AggregateMax:
 			agg = math.Max(agg, pt.Value)
 		default:
 			agg += pt.Value
@@ -487,11 +504,11 @@ func (p *Provider) aggregate(ctx context.Context, m int, name types.NamespacedNa
 	if counted == 0 {
 		return custom_metrics.MetricValue{}, notFound("no pod of the Deployment has a value yet")
 	}
-	if metric.Aggregation == AggregateAvg {
+	if metric.Aggregation == metricsconfig.AggregateAvg {
 		agg /= float64(counted)
 	}
 	ref := custom_metrics.ObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Namespace: name.Namespace, Name: name.Name}
-	return metricValue(ref, p.identifier(m, metricSelector), Point{Value: agg, Time: oldest, OK: true}), nil
+	return metricValue(ref, p.identifier(m, metricSelector), store.Point{Value: agg, Time: oldest, OK: true}), nil
 }
 
 func (p *Provider) observe(method string, gr schema.GroupResource, start time.Time, err *error) {
@@ -516,7 +533,7 @@ func podRef(namespace, name string) custom_metrics.ObjectReference {
 	return custom_metrics.ObjectReference{APIVersion: "v1", Kind: "Pod", Namespace: namespace, Name: name}
 }
 
-func metricValue(ref custom_metrics.ObjectReference, ident custom_metrics.MetricIdentifier, pt Point) custom_metrics.MetricValue {
+func metricValue(ref custom_metrics.ObjectReference, ident custom_metrics.MetricIdentifier, pt store.Point) custom_metrics.MetricValue {
 	return custom_metrics.MetricValue{
 		DescribedObject: ref,
 		Metric:          ident,

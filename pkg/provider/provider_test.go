@@ -16,7 +16,10 @@ import (
 	cmprovider "sigs.k8s.io/custom-metrics-apiserver/pkg/provider"
 
 	"github.com/wsscale/wsscale/pkg/provider/exposition"
-	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/internal/podtest"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
+	podsel "github.com/wsscale/wsscale/pkg/provider/pods"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -33,45 +36,47 @@ func deploymentInfo(metric string) cmprovider.CustomMetricInfo {
 //
 //	ns/echo-1, echo-2, echo-3: Deployment echo (two ReplicaSets, mid-rollout)
 //	ns/other-1: Deployment other, no value
-//	ns/pending, ns/terminating, ns/unannotated, ns/bare (no owner)
+//	ns/pending, ns/podtest.Terminating, ns/unannotated, ns/bare (no owner)
 //	ns2/echo-1: same name, other namespace
 func testProvider(t *testing.T) (*Provider, *fakeSource) {
 	t.Helper()
 	lister := podIndexer(t,
-		newPod("ns", "echo-1", ownedBy("ReplicaSet", "echo-aaa"), withLabels("app", "echo", "tier", "ws")),
-		newPod("ns", "echo-2", ownedBy("ReplicaSet", "echo-aaa"), withLabels("app", "echo", "tier", "ws")),
-		newPod("ns", "echo-3", ownedBy("ReplicaSet", "echo-bbb"), withLabels("app", "echo", "tier", "edge")),
-		newPod("ns", "other-1", ownedBy("ReplicaSet", "other-ccc"), withLabels("app", "other")),
-		newPod("ns", "pending", ownedBy("ReplicaSet", "echo-aaa"), withPhase("Pending"), withIP("")),
-		newPod("ns", "terminating", ownedBy("ReplicaSet", "echo-aaa"), terminating()),
-		newPod("ns", "unannotated", ownedBy("ReplicaSet", "echo-aaa"), withAnnotations()),
-		newPod("ns", "bare", withLabels("app", "bare")),
-		newPod("ns2", "echo-1", ownedBy("ReplicaSet", "echo-aaa")),
+		podtest.NewPod("ns", "echo-1", podtest.OwnedBy("ReplicaSet", "echo-aaa"), podtest.WithLabels("app", "echo", "tier", "ws")),
+		podtest.NewPod("ns", "echo-2", podtest.OwnedBy("ReplicaSet", "echo-aaa"), podtest.WithLabels("app", "echo", "tier", "ws")),
+		podtest.NewPod("ns", "echo-3", podtest.OwnedBy("ReplicaSet", "echo-bbb"), podtest.WithLabels("app", "echo", "tier", "edge")),
+		podtest.NewPod("ns", "other-1", podtest.OwnedBy("ReplicaSet", "other-ccc"), podtest.WithLabels("app", "other")),
+		podtest.NewPod("ns", "pending", podtest.OwnedBy("ReplicaSet", "echo-aaa"), podtest.WithPhase("Pending"), podtest.WithIP("")),
+		podtest.NewPod("ns", "podtest.Terminating", podtest.OwnedBy("ReplicaSet", "echo-aaa"), podtest.Terminating()),
+		podtest.NewPod("ns", "unannotated", podtest.OwnedBy("ReplicaSet", "echo-aaa"), podtest.WithAnnotations()),
+		podtest.NewPod("ns", "bare", podtest.WithLabels("app", "bare")),
+		podtest.NewPod("ns2", "echo-1", podtest.OwnedBy("ReplicaSet", "echo-aaa")),
 	)
 	rs := rsIndexer(t,
-		newReplicaSet("ns", "echo-aaa", "echo"),
-		newReplicaSet("ns", "echo-bbb", "echo"),
-		newReplicaSet("ns", "other-ccc", "other"),
-		newReplicaSet("ns2", "echo-aaa", "echo"),
+		podtest.NewReplicaSet("ns", "echo-aaa", "echo"),
+		podtest.NewReplicaSet("ns", "echo-bbb", "echo"),
+		podtest.NewReplicaSet("ns", "other-ccc", "other"),
+		podtest.NewReplicaSet("ns2", "echo-aaa", "echo"),
 	)
-	pt := func(v float64, age time.Duration) Point { return Point{Value: v, Time: t0.Add(-age), OK: true} }
-	src := &fakeSource{points: map[int]map[string]Point{
+	pt := func(v float64, age time.Duration) store.Point {
+		return store.Point{Value: v, Time: t0.Add(-age), OK: true}
+	}
+	src := &fakeSource{points: map[int]map[string]store.Point{
 		0: {
 			"ns/echo-1": pt(10, time.Second), "ns/echo-2": pt(20, 2*time.Second), "ns/echo-3": pt(30, 0),
 			// Values a tracked-pod filter must hide even if the source had them.
-			"ns/pending": pt(99, 0), "ns/terminating": pt(99, 0), "ns/unannotated": pt(99, 0),
+			"ns/pending": pt(99, 0), "ns/podtest.Terminating": pt(99, 0), "ns/unannotated": pt(99, 0),
 			"ns/bare": pt(5, 0), "ns2/echo-1": pt(1, 0),
 		},
 		1: {"ns/echo-1": pt(0.1, 0), "ns/echo-2": pt(0.2, 0), "ns/echo-3": pt(0.6, 0)},
 	}}
-	metrics := append(DefaultMetrics(), Metric{
-		Name: "peak_connections", Series: scrape.Series{Name: ActiveSeries, Labels: []exposition.Label{{Name: "listener", Value: "public"}}},
-		Aggregation: AggregateMax,
+	metrics := append(metricsconfig.DefaultMetrics(), metricsconfig.Metric{
+		Name: "peak_connections", Series: metricsconfig.Series{Name: metricsconfig.ActiveSeries, Labels: []exposition.Label{{Name: "listener", Value: "public"}}},
+		Aggregation: metricsconfig.AggregateMax,
 	})
 	src.points[2] = src.points[0]
 	p, err := New(Config{
 		Metrics: metrics, Pods: lister, ReplicaSets: rs, Source: src,
-		Selection: &Selection{RequireAnnotation: true, PortName: DefaultMetricsPortName},
+		Selection: &podsel.Selection{RequireAnnotation: true, PortName: podsel.DefaultMetricsPortName},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -106,31 +111,31 @@ func TestGetMetricBySelector(t *testing.T) {
 		wantCode       int
 	}{
 		{
-			name: "all tracked pods with values; untracked pods absent", namespace: "ns", metric: ConnectionsMetric,
+			name: "all tracked pods with values; untracked pods absent", namespace: "ns", metric: metricsconfig.ConnectionsMetric,
 			want: map[string]string{"ns/echo-1": "10", "ns/echo-2": "20", "ns/echo-3": "30", "ns/bare": "5"},
 		},
 		{
-			name: "equality selector", namespace: "ns", selector: "app=echo", metric: ConnectionsMetric,
+			name: "equality selector", namespace: "ns", selector: "app=echo", metric: metricsconfig.ConnectionsMetric,
 			want: map[string]string{"ns/echo-1": "10", "ns/echo-2": "20", "ns/echo-3": "30"},
 		},
 		{
-			name: "set-based selector (matchExpressions)", namespace: "ns", selector: "app in (echo),tier notin (edge)", metric: ConnectionsMetric,
+			name: "set-based selector (matchExpressions)", namespace: "ns", selector: "app in (echo),tier notin (edge)", metric: metricsconfig.ConnectionsMetric,
 			want: map[string]string{"ns/echo-1": "10", "ns/echo-2": "20"},
 		},
 		{
-			name: "exists selector; pod without a value absent, not 0", namespace: "ns", selector: "app", metric: ConnectionsMetric,
+			name: "exists selector; pod without a value absent, not 0", namespace: "ns", selector: "app", metric: metricsconfig.ConnectionsMetric,
 			want: map[string]string{"ns/echo-1": "10", "ns/echo-2": "20", "ns/echo-3": "30", "ns/bare": "5"},
 		},
 		{
-			name: "utilization in milli-units", namespace: "ns", selector: "app=echo", metric: UtilizationMetric,
+			name: "utilization in milli-units", namespace: "ns", selector: "app=echo", metric: metricsconfig.UtilizationMetric,
 			want: map[string]string{"ns/echo-1": "100m", "ns/echo-2": "200m", "ns/echo-3": "600m"},
 		},
 		{
-			name: "other namespace", namespace: "ns2", metric: ConnectionsMetric,
+			name: "other namespace", namespace: "ns2", metric: metricsconfig.ConnectionsMetric,
 			want: map[string]string{"ns2/echo-1": "1"},
 		},
 		{
-			name: "empty namespace: empty list, not an error", namespace: "empty", metric: ConnectionsMetric,
+			name: "empty namespace: empty list, not an error", namespace: "empty", metric: metricsconfig.ConnectionsMetric,
 			want: map[string]string{},
 		},
 		{name: "unknown metric", namespace: "ns", metric: "cpu_usage", wantCode: http.StatusNotFound},
@@ -191,24 +196,24 @@ func TestGetMetricByName(t *testing.T) {
 		wantTime time.Time
 		wantCode int
 	}{
-		{name: "pod", info: podInfo(ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "echo-2"}, want: "20", wantTime: t0.Add(-2 * time.Second)},
-		{name: "pod without value", info: podInfo(ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "other-1"}, wantCode: http.StatusNotFound},
-		{name: "terminating pod", info: podInfo(ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "terminating"}, wantCode: http.StatusNotFound},
-		{name: "no such pod", info: podInfo(ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "nope"}, wantCode: http.StatusNotFound},
+		{name: "pod", info: podInfo(metricsconfig.ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "echo-2"}, want: "20", wantTime: t0.Add(-2 * time.Second)},
+		{name: "pod without value", info: podInfo(metricsconfig.ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "other-1"}, wantCode: http.StatusNotFound},
+		{name: "podtest.Terminating pod", info: podInfo(metricsconfig.ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "podtest.Terminating"}, wantCode: http.StatusNotFound},
+		{name: "no such pod", info: podInfo(metricsconfig.ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "nope"}, wantCode: http.StatusNotFound},
 		{name: "unknown metric", info: podInfo("nope"), object: types.NamespacedName{Namespace: "ns", Name: "echo-1"}, wantCode: http.StatusNotFound},
-		{name: "unknown resource", info: cmprovider.CustomMetricInfo{GroupResource: schema.GroupResource{Resource: "services"}, Namespaced: true, Metric: ConnectionsMetric},
+		{name: "unknown resource", info: cmprovider.CustomMetricInfo{GroupResource: schema.GroupResource{Resource: "services"}, Namespaced: true, Metric: metricsconfig.ConnectionsMetric},
 			object: types.NamespacedName{Namespace: "ns", Name: "echo"}, wantCode: http.StatusNotFound},
-		{name: "root-scoped", info: cmprovider.CustomMetricInfo{GroupResource: podsResource, Metric: ConnectionsMetric},
+		{name: "root-scoped", info: cmprovider.CustomMetricInfo{GroupResource: podsResource, Metric: metricsconfig.ConnectionsMetric},
 			object: types.NamespacedName{Name: "echo-1"}, wantCode: http.StatusNotFound},
 		{
-			name: "deployment sum over both ReplicaSets; oldest timestamp", info: deploymentInfo(ConnectionsMetric),
+			name: "deployment sum over both ReplicaSets; oldest timestamp", info: deploymentInfo(metricsconfig.ConnectionsMetric),
 			object: types.NamespacedName{Namespace: "ns", Name: "echo"}, want: "60", wantTime: t0.Add(-2 * time.Second),
 		},
-		{name: "deployment avg", info: deploymentInfo(UtilizationMetric), object: types.NamespacedName{Namespace: "ns", Name: "echo"}, want: "300m"},
+		{name: "deployment avg", info: deploymentInfo(metricsconfig.UtilizationMetric), object: types.NamespacedName{Namespace: "ns", Name: "echo"}, want: "300m"},
 		{name: "deployment max", info: deploymentInfo("peak_connections"), object: types.NamespacedName{Namespace: "ns", Name: "echo"}, want: "30"},
-		{name: "deployment with a pod without value: no partial sum", info: deploymentInfo(ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "other"}, wantCode: http.StatusNotFound},
-		{name: "deployment without tracked pods", info: deploymentInfo(ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "ghost"}, wantCode: http.StatusNotFound},
-		{name: "deployment in other namespace", info: deploymentInfo(ConnectionsMetric), object: types.NamespacedName{Namespace: "ns2", Name: "echo"}, want: "1"},
+		{name: "deployment with a pod without value: no partial sum", info: deploymentInfo(metricsconfig.ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "other"}, wantCode: http.StatusNotFound},
+		{name: "deployment without tracked pods", info: deploymentInfo(metricsconfig.ConnectionsMetric), object: types.NamespacedName{Namespace: "ns", Name: "ghost"}, wantCode: http.StatusNotFound},
+		{name: "deployment in other namespace", info: deploymentInfo(metricsconfig.ConnectionsMetric), object: types.NamespacedName{Namespace: "ns2", Name: "echo"}, want: "1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -239,11 +244,11 @@ func TestGetMetricByName(t *testing.T) {
 func TestDeploymentIncompleteMessage(t *testing.T) {
 	p, src := testProvider(t)
 	delete(src.points[0], "ns/echo-3")
-	_, err := p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "ns", Name: "echo"}, deploymentInfo(ConnectionsMetric), labels.Everything())
+	_, err := p.GetMetricByName(context.Background(), types.NamespacedName{Namespace: "ns", Name: "echo"}, deploymentInfo(metricsconfig.ConnectionsMetric), labels.Everything())
 	if !apierrors.IsNotFound(err) || err.Error() != "the server could not find the metric websocket_connections for deployments.apps echo: 1 of 3 pods that serve clients have no fresh value" {
 		t.Fatalf("err = %v", err)
 	}
-	list, err := p.GetMetricBySelector(context.Background(), "ns", labels.Everything(), deploymentInfo(ConnectionsMetric), labels.Everything())
+	list, err := p.GetMetricBySelector(context.Background(), "ns", labels.Everything(), deploymentInfo(metricsconfig.ConnectionsMetric), labels.Everything())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,8 +259,8 @@ func TestDeploymentIncompleteMessage(t *testing.T) {
 
 func TestDeploymentList(t *testing.T) {
 	p, src := testProvider(t)
-	src.points[0]["ns/other-1"] = Point{Value: 4, Time: t0, OK: true}
-	list, err := p.GetMetricBySelector(context.Background(), "ns", labels.Everything(), deploymentInfo(ConnectionsMetric), labels.Everything())
+	src.points[0]["ns/other-1"] = store.Point{Value: 4, Time: t0, OK: true}
+	list, err := p.GetMetricBySelector(context.Background(), "ns", labels.Everything(), deploymentInfo(metricsconfig.ConnectionsMetric), labels.Everything())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,7 +273,7 @@ func TestDeploymentList(t *testing.T) {
 		t.Errorf("got %v", got)
 	}
 	sel, _ := labels.Parse("app=echo")
-	if _, err := p.GetMetricBySelector(context.Background(), "ns", sel, deploymentInfo(ConnectionsMetric), labels.Everything()); statusCode(err) != http.StatusBadRequest {
+	if _, err := p.GetMetricBySelector(context.Background(), "ns", sel, deploymentInfo(metricsconfig.ConnectionsMetric), labels.Everything()); statusCode(err) != http.StatusBadRequest {
 		t.Errorf("label selector on deployments: err = %v, want 400", err)
 	}
 }
@@ -276,7 +281,7 @@ func TestDeploymentList(t *testing.T) {
 func TestSourceErrorIsAStatus(t *testing.T) {
 	p, src := testProvider(t)
 	src.err = errors.New("prometheus down")
-	_, err := p.GetMetricBySelector(context.Background(), "ns", labels.Everything(), podInfo(ConnectionsMetric), labels.Everything())
+	_, err := p.GetMetricBySelector(context.Background(), "ns", labels.Everything(), podInfo(metricsconfig.ConnectionsMetric), labels.Everything())
 	if statusCode(err) != http.StatusServiceUnavailable {
 		t.Fatalf("err = %v (code %d), want 503", err, statusCode(err))
 	}

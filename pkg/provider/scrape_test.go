@@ -11,16 +11,21 @@ import (
 	"testing"
 	"time"
 
+	podsel "github.com/wsscale/wsscale/pkg/provider/pods"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	testingclock "k8s.io/utils/clock/testing"
 
+	"github.com/wsscale/wsscale/pkg/provider/internal/podtest"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
-// signallingSink passes scrapes to the Store and signals each one.
+// signallingSink passes scrapes to the value store and signals each one.
 type signallingSink struct {
-	*Store
+	*store.Store
 	done chan scrape.PodKey
 }
 
@@ -35,7 +40,7 @@ func (s *signallingSink) Fail(k scrape.PodKey, f scrape.Failure) {
 }
 
 // TestScrapedPodsThroughTheAPI runs pods as httptest servers, the real
-// scraper on a fake clock, the Store and the Provider: good pods are served
+// scraper on a fake clock, the value store and the Provider: good pods are served
 // with their values, bad ones are absent (never 0), and a change is visible
 // after the next scrape.
 func TestScrapedPodsThroughTheAPI(t *testing.T) {
@@ -67,28 +72,28 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 		}))
 		t.Cleanup(srv.Close)
 		host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-		pods = append(pods, newPod("ns", name, withIP(host), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, port)))
+		pods = append(pods, podtest.NewPod("ns", name, podtest.WithIP(host), podtest.WithAnnotations(podsel.ScrapeAnnotation, "true", podsel.PortAnnotation, port)))
 	}
 	// One pod with nothing listening on its port. Not a port freed by this test: tests running in
 	// parallel may bind it again, and a scrape of a foreign server would not end (the scrape
 	// timeout runs on the fake clock). Nothing listens on port 1.
-	pods = append(pods, newPod("ns", "wrong-port", withIP("127.0.0.1"), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, "1")))
+	pods = append(pods, podtest.NewPod("ns", "wrong-port", podtest.WithIP("127.0.0.1"), podtest.WithAnnotations(podsel.ScrapeAnnotation, "true", podsel.PortAnnotation, "1")))
 	active["good-1"], active["good-2"] = "3", "0"
 
 	start := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	clk := testingclock.NewFakeClock(start)
 	const interval = 5 * time.Second
-	metrics := DefaultMetrics()
-	store := NewStore(metrics, 2*interval, clk, nil)
-	sink := &signallingSink{Store: store, done: make(chan scrape.PodKey, 100)}
-	cfg := scrape.NewConfig(ScrapeSeries(metrics)...)
+	metrics := metricsconfig.DefaultMetrics()
+	values := store.New(metrics, 2*interval, clk, nil)
+	sink := &signallingSink{Store: values, done: make(chan scrape.PodKey, 100)}
+	cfg := scrape.NewConfig(metricsconfig.ScrapeSeries(metrics)...)
 	cfg.Interval, cfg.Timeout, cfg.Clock, cfg.Concurrency = interval, 2*time.Second, clk, 4
 	scraper, err := scrape.New(cfg, sink)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sel := &Selection{RequireAnnotation: true, PortName: DefaultMetricsPortName}
-	tracker := NewPodTracker(sel, scraper, store)
+	sel := &podsel.Selection{RequireAnnotation: true, PortName: podsel.DefaultMetricsPortName}
+	tracker := podsel.NewPodTracker(sel, scraper, values)
 	for _, p := range pods {
 		tracker.OnAdd(p, true)
 	}
@@ -97,7 +102,7 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 	go func() { _ = scraper.Run(ctx); close(runDone) }()
 	defer func() { cancel(); <-runDone }()
 
-	prov, err := New(Config{Metrics: metrics, Pods: podIndexer(t, pods...), ReplicaSets: rsIndexer(t), Selection: sel, Source: store})
+	prov, err := New(Config{Metrics: metrics, Pods: podIndexer(t, pods...), ReplicaSets: rsIndexer(t), Selection: sel, Source: values})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +130,7 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 	}
 	get := func() map[string]string {
 		t.Helper()
-		list, err := prov.GetMetricBySelector(context.Background(), "ns", labels.Everything(), podInfo(ConnectionsMetric), labels.Everything())
+		list, err := prov.GetMetricBySelector(context.Background(), "ns", labels.Everything(), podInfo(metricsconfig.ConnectionsMetric), labels.Everything())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,11 +144,11 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 	// A body without a valid count is a successful scrape without a value
 	// for the metric; an unreachable pod, an error page or garbage fail the
 	// scrape as a whole.
-	if st := store.Stats(); st.Fresh != 7 || st.Failed != 3 {
+	if st := values.Stats(); st.Fresh != 7 || st.Failed != 3 {
 		t.Errorf("stats %+v, want 7 fresh scrapes and 3 failed", st)
 	}
-	if st := store.MetricStats()[0]; st != (MetricStats{Metric: ConnectionsMetric, Fresh: 2, Failed: 3, Missing: 1, Invalid: 4}) {
-		t.Errorf("stats of %s: %+v", ConnectionsMetric, st)
+	if st := values.MetricStats()[0]; st != (store.MetricStats{Metric: metricsconfig.ConnectionsMetric, Fresh: 2, Failed: 3, Missing: 1, Invalid: 4}) {
+		t.Errorf("stats of %s: %+v", metricsconfig.ConnectionsMetric, st)
 	}
 
 	mu.Lock()
@@ -168,7 +173,7 @@ func TestScrapedPodsThroughTheAPI(t *testing.T) {
 // websocket_connections, and sessions_per_capacity is missing, or invalid,
 // for the others alone.
 func TestMissingSeriesBlanksOnlyItsMetric(t *testing.T) {
-	metrics, err := ParseMetricsConfig("metrics.yaml", []byte(`metrics:
+	metrics, err := metricsconfig.ParseMetricsConfig("metrics.yaml", []byte(`metrics:
 - name: websocket_connections
   series: websocket_connections_active
   rule: count
@@ -193,20 +198,20 @@ func TestMissingSeriesBlanksOnlyItsMetric(t *testing.T) {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, body) }))
 		t.Cleanup(srv.Close)
 		host, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
-		pods = append(pods, newPod("ns", name, withIP(host), withAnnotations(ScrapeAnnotation, "true", PortAnnotation, port)))
+		pods = append(pods, podtest.NewPod("ns", name, podtest.WithIP(host), podtest.WithAnnotations(podsel.ScrapeAnnotation, "true", podsel.PortAnnotation, port)))
 	}
 	clk := testingclock.NewFakeClock(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	const interval = 5 * time.Second
-	store := NewStore(metrics, 2*interval, clk, nil)
-	sink := &signallingSink{Store: store, done: make(chan scrape.PodKey, 100)}
-	cfg := scrape.NewConfig(ScrapeSeries(metrics)...)
+	values := store.New(metrics, 2*interval, clk, nil)
+	sink := &signallingSink{Store: values, done: make(chan scrape.PodKey, 100)}
+	cfg := scrape.NewConfig(metricsconfig.ScrapeSeries(metrics)...)
 	cfg.Interval, cfg.Timeout, cfg.Clock, cfg.Concurrency = interval, 2*time.Second, clk, 4
 	scraper, err := scrape.New(cfg, sink)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sel := &Selection{RequireAnnotation: true, PortName: DefaultMetricsPortName}
-	tracker := NewPodTracker(sel, scraper, store)
+	sel := &podsel.Selection{RequireAnnotation: true, PortName: podsel.DefaultMetricsPortName}
+	tracker := podsel.NewPodTracker(sel, scraper, values)
 	for _, p := range pods {
 		tracker.OnAdd(p, true)
 	}
@@ -224,7 +229,7 @@ func TestMissingSeriesBlanksOnlyItsMetric(t *testing.T) {
 		}
 	}
 
-	prov, err := New(Config{Metrics: metrics, Pods: podIndexer(t, pods...), ReplicaSets: rsIndexer(t), Selection: sel, Source: store})
+	prov, err := New(Config{Metrics: metrics, Pods: podIndexer(t, pods...), ReplicaSets: rsIndexer(t), Selection: sel, Source: values})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +239,7 @@ func TestMissingSeriesBlanksOnlyItsMetric(t *testing.T) {
 		want   map[string]string
 	}{
 		{
-			name: "connections of every pod that exposes them", metric: ConnectionsMetric,
+			name: "connections of every pod that exposes them", metric: metricsconfig.ConnectionsMetric,
 			want: map[string]string{"ns/both": "7", "ns/no-sessions": "5", "ns/no-capacity": "4", "ns/nan-sessions": "3", "ns/two-sessions": "2"},
 		},
 		{
@@ -253,14 +258,14 @@ func TestMissingSeriesBlanksOnlyItsMetric(t *testing.T) {
 			}
 		})
 	}
-	wantStats := []MetricStats{
-		{Metric: ConnectionsMetric, Fresh: 5, Missing: 1},
+	wantStats := []store.MetricStats{
+		{Metric: metricsconfig.ConnectionsMetric, Fresh: 5, Missing: 1},
 		{Metric: "sessions_per_capacity", Fresh: 2, Missing: 2, Invalid: 2},
 	}
-	if got := store.MetricStats(); !reflect.DeepEqual(got, wantStats) {
+	if got := values.MetricStats(); !reflect.DeepEqual(got, wantStats) {
 		t.Errorf("MetricStats = %+v, want %+v", got, wantStats)
 	}
-	if st := store.Stats(); st.Fresh != len(pods) || st.Failed != 0 {
+	if st := values.Stats(); st.Fresh != len(pods) || st.Failed != 0 {
 		t.Errorf("Stats = %+v, want every scrape successful", st)
 	}
 }

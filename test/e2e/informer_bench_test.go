@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/utils/ptr"
 
-	"github.com/wsscale/wsscale/pkg/provider"
+	"github.com/wsscale/wsscale/pkg/provider/pods"
 	"github.com/wsscale/wsscale/test/e2e/framework"
 )
 
@@ -60,7 +60,7 @@ func BenchmarkInformerMemory(b *testing.B) {
 	}{
 		{name: "every-pod-annotation-filtered-protobuf", annotated: true, old: true},
 		{name: "every-pod-annotation-filtered-json", annotated: true, old: true, json: true},
-		{name: "label-selected-running-protobuf", selector: provider.DefaultPodSelector},
+		{name: "label-selected-running-protobuf", selector: pods.DefaultPodSelector},
 	}
 	for _, sc := range scenarios {
 		b.Run(sc.name, func(b *testing.B) {
@@ -68,7 +68,7 @@ func BenchmarkInformerMemory(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			selection := &provider.Selection{Selector: sel, RequireAnnotation: sc.annotated, PortName: provider.DefaultMetricsPortName}
+			selection := &pods.Selection{Selector: sel, RequireAnnotation: sc.annotated, PortName: pods.DefaultMetricsPortName}
 			for range b.N {
 				icfg := rest.CopyConfig(cfg)
 				if sc.json {
@@ -86,16 +86,16 @@ func BenchmarkInformerMemory(b *testing.B) {
 
 // measureInformers starts the informers, waits for their sync, and returns
 // the heap they retain and the bytes allocated meanwhile.
-func measureInformers(ctx context.Context, b *testing.B, cfg *rest.Config, selection *provider.Selection, old bool) (retained, allocated uint64, cached, tracked int) {
+func measureInformers(ctx context.Context, b *testing.B, cfg *rest.Config, selection *pods.Selection, old bool) (retained, allocated uint64, cached, tracked int) {
 	b.Helper()
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.GC()
 	runtime.ReadMemStats(&before)
 
-	tracker := provider.NewPodTracker(selection, nil, nil)
+	tracker := pods.NewPodTracker(selection, nil, nil)
 	ictx, stop := context.WithCancel(ctx)
-	var pods cache.Indexer
+	var podCache cache.Indexer
 	var shutdown func()
 	if old {
 		// The former watch: every pod of the cluster, the client's
@@ -105,7 +105,7 @@ func measureInformers(ctx context.Context, b *testing.B, cfg *rest.Config, selec
 			b.Fatal(err)
 		}
 		podFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(selection.StripPod))
-		rsFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(provider.StripReplicaSet))
+		rsFactory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(pods.StripReplicaSet))
 		podInf, rsInf := podFactory.Core().V1().Pods().Informer(), rsFactory.Apps().V1().ReplicaSets().Informer()
 		if _, err := podInf.AddEventHandler(tracker); err != nil {
 			b.Fatal(err)
@@ -115,9 +115,9 @@ func measureInformers(ctx context.Context, b *testing.B, cfg *rest.Config, selec
 		if !cache.WaitForCacheSync(ictx.Done(), podInf.HasSynced, rsInf.HasSynced) {
 			b.Fatal("caches not synced")
 		}
-		pods, shutdown = podInf.GetIndexer(), func() { podFactory.Shutdown(); rsFactory.Shutdown() }
+		podCache, shutdown = podInf.GetIndexer(), func() { podFactory.Shutdown(); rsFactory.Shutdown() }
 	} else {
-		inf, err := provider.NewInformersForConfig(cfg, "", selection)
+		inf, err := pods.NewInformersForConfig(cfg, "", selection)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -128,12 +128,12 @@ func measureInformers(ctx context.Context, b *testing.B, cfg *rest.Config, selec
 		if err := inf.WaitForSync(ictx); err != nil {
 			b.Fatal(err)
 		}
-		pods, shutdown = inf.Pods(), inf.Shutdown
+		podCache, shutdown = inf.Pods(), inf.Shutdown
 	}
 	runtime.GC()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	cached, tracked = len(pods.ListKeys()), tracker.Tracked()
+	cached, tracked = len(podCache.ListKeys()), tracker.Tracked()
 	stop()
 	shutdown()
 	b.Logf("cached pods %d, tracked %d, heap retained %d B (%.0f B per cached pod), allocated during sync %d B",
@@ -184,7 +184,7 @@ func createBenchPods(ctx context.Context, b *testing.B, client kubernetes.Interf
 }
 
 func createRunningPod(ctx context.Context, client kubernetes.Interface, i int) error {
-	pods := client.CoreV1().Pods(benchNamespace)
+	podClient := client.CoreV1().Pods(benchNamespace)
 	name := fmt.Sprintf("app-%05d", i)
 	lbls := map[string]string{"app.kubernetes.io/name": fmt.Sprintf("app-%d", i%50), "app.kubernetes.io/instance": "bench", "pod-template-hash": "7d9c6b5f4"}
 	if i%(benchPods/benchSelected) == 0 {
@@ -213,7 +213,7 @@ func createRunningPod(ctx context.Context, client kubernetes.Interface, i int) e
 			}},
 		},
 	}
-	created, err := pods.Create(ctx, pod, metav1.CreateOptions{})
+	created, err := podClient.Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
 		return fmt.Errorf("create pod %s: %w", name, err)
 	}
@@ -233,7 +233,7 @@ func createRunningPod(ctx context.Context, client kubernetes.Interface, i int) e
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}}}},
 	}
 	created.Status.PodIPs = []corev1.PodIP{{IP: created.Status.PodIP}}
-	if _, err := pods.UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
+	if _, err := podClient.UpdateStatus(ctx, created, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("mark pod %s running: %w", name, err)
 	}
 	return nil

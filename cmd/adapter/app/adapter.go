@@ -19,17 +19,19 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/wsscale/wsscale/pkg/provider"
+	"github.com/wsscale/wsscale/pkg/provider/pods"
 	"github.com/wsscale/wsscale/pkg/provider/promsource"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 	"github.com/wsscale/wsscale/pkg/version"
 )
 
 // Adapter is the wired adapter, ready to Run.
 type Adapter struct {
 	cfg       *Config
-	informers *provider.Informers
+	informers *pods.Informers
 	scraper   *scrape.Scraper // nil with --source=prometheus
-	store     *provider.Store // nil with --source=prometheus
+	store     *store.Store    // nil with --source=prometheus
 	// metrics gathers the adapter's own metrics and those of the generic
 	// API server (requests, Go runtime, process).
 	metrics prometheus.Gatherer
@@ -44,12 +46,11 @@ const serviceAccountNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccou
 // Complete builds the clients, informers, value source and provider, and
 // the API server around them.
 func (c *Config) Complete() (*Adapter, error) {
-	o := c.Options
-	restConfig, err := o.Base.ClientConfig()
+	restConfig, err := c.Server.ClientConfig()
 	if err != nil {
 		return nil, err
 	}
-	dyn, err := o.Base.DynamicClient()
+	dyn, err := c.Server.DynamicClient()
 	if err != nil {
 		return nil, err
 	}
@@ -64,34 +65,31 @@ func (c *Config) Complete() (*Adapter, error) {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 
-	a := &Adapter{cfg: c, dynamic: dyn, owner: o.APIServiceOwner,
+	a := &Adapter{cfg: c, dynamic: dyn, owner: c.APIServiceOwner,
 		metrics: prometheus.Gatherers{legacyregistry.DefaultGatherer, registry}}
-	if a.informers, err = provider.NewInformersForConfig(restConfig, o.WatchNamespace, c.Selection); err != nil {
+	if a.informers, err = pods.NewInformersForConfig(restConfig, c.WatchNamespace, c.Selection); err != nil {
 		return nil, err
 	}
 
 	var source provider.Source
-	var tracker *provider.PodTracker
-	switch o.Source {
+	var tracker *pods.PodTracker
+	switch c.Source {
 	case SourcePrometheus:
-		source, err = promsource.New(promsource.Config{
-			URL: o.PrometheusURL, Timeout: o.PrometheusTimeout, StaleAfter: c.StaleAfter, Metrics: c.Metrics,
-			NamespaceLabel: o.PrometheusNamespaceLabel, PodLabel: o.PrometheusPodLabel,
-		})
+		source, err = promsource.New(c.Prometheus)
 		if err != nil {
 			return nil, err
 		}
-		tracker = provider.NewPodTracker(c.Selection, nil, nil)
+		tracker = pods.NewPodTracker(c.Selection, nil, nil)
 		if err := provider.RegisterPodGauges(registry, tracker, nil); err != nil {
 			return nil, err
 		}
 	default:
-		store := provider.NewStore(c.Metrics, c.StaleAfter, clock.RealClock{}, instruments)
+		store := store.New(c.Metrics, c.StaleAfter, clock.RealClock{}, instruments)
 		if a.scraper, err = scrape.New(c.Scrape, store); err != nil {
 			return nil, err
 		}
 		source, a.store = store, store
-		tracker = provider.NewPodTracker(c.Selection, a.scraper, store)
+		tracker = pods.NewPodTracker(c.Selection, a.scraper, store)
 		if err := provider.RegisterPodGauges(registry, tracker, store); err != nil {
 			return nil, err
 		}
@@ -106,23 +104,23 @@ func (c *Config) Complete() (*Adapter, error) {
 	if err != nil {
 		return nil, err
 	}
-	if o.Guard.Enabled {
+	if c.Guard.Enabled {
 		pm, err := newSourceMetrics(source, c.Selection, c.Metrics)
 		if err != nil {
 			return nil, err
 		}
-		if a.guard, err = newGuard(o.Guard, restConfig, o.WatchNamespace, pm, registry); err != nil {
+		if a.guard, err = newGuard(&c.Guard, restConfig, c.WatchNamespace, pm, registry); err != nil {
 			return nil, err
 		}
 	}
-	o.Base.WithCustomMetrics(prov)
+	c.Server.WithCustomMetrics(prov)
 	// The generic API server would serve only its own registry on /metrics;
 	// ours is served there instead, behind the same delegated authentication
 	// and authorization as the API (a scraper needs RBAC for the non-resource
 	// URL /metrics).
-	o.Base.EnableMetrics = false
+	c.Server.EnableMetrics = false
 	apimetrics.Register() // the request metrics the generic server would have registered
-	server, err := o.Base.Server()
+	server, err := c.Server.Server()
 	if err != nil {
 		return nil, fmt.Errorf("custom metrics API server: %w", err)
 	}
@@ -158,7 +156,7 @@ func (a *Adapter) Run(ctx context.Context) error {
 	defer cancel()
 	errCh := make(chan error, 3)
 
-	if addr := a.cfg.Options.MetricsBindAddress; addr != "" && addr != "0" {
+	if addr := a.cfg.MetricsBindAddress; addr != "" && addr != "0" {
 		lis, err := net.Listen("tcp", addr)
 		if err != nil {
 			return fmt.Errorf("listen on --metrics-bind-address %s: %w", addr, err)
@@ -182,7 +180,7 @@ func (a *Adapter) Run(ctx context.Context) error {
 	// which ends the wait for the caches; its error is the one returned.
 	serverErr := make(chan error, 1)
 	go func() {
-		serverErr <- a.cfg.Options.Base.Run(ctx)
+		serverErr <- a.cfg.Server.Run(ctx)
 		cancel()
 	}()
 	stop := func(err error) error {

@@ -40,8 +40,8 @@ A pod without a fresh value is left out of every answer, never reported as 0.`,
 			if err != nil {
 				return err
 			}
-			klog.InfoS("Starting the custom metrics adapter", "source", o.Source, "interval", o.ScrapeInterval,
-				"staleAfter", cfg.StaleAfter, "podSelector", o.PodSelector, "requireScrapeAnnotation", o.RequireScrapeAnnotation,
+			klog.InfoS("Starting the custom metrics adapter", "source", cfg.Source, "interval", cfg.Scrape.Interval,
+				"staleAfter", cfg.StaleAfter, "podSelector", cfg.Selection.Selector.String(), "requireScrapeAnnotation", cfg.Selection.RequireAnnotation,
 				"metrics", len(cfg.Metrics))
 			return adapter.Run(ctx)
 		},

@@ -28,7 +28,8 @@ import (
 	"github.com/wsscale/wsscale/pkg/policy"
 	"github.com/wsscale/wsscale/pkg/policy/controller"
 	"github.com/wsscale/wsscale/pkg/provider"
-	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
+	"github.com/wsscale/wsscale/pkg/provider/pods"
 )
 
 // DrainingMetric is the reference server's gauge (0/1) of whether it drains; the adapter scrapes
@@ -84,7 +85,7 @@ func (o *GuardOptions) Validate() []error {
 
 // withGuardMetrics adds websocket_draining to the scraped metrics when the guard runs and the
 // configuration does not scrape it already.
-func withGuardMetrics(o *GuardOptions, metrics []provider.Metric) []provider.Metric {
+func withGuardMetrics(o *GuardOptions, metrics []metricsconfig.Metric) []metricsconfig.Metric {
 	if !o.Enabled {
 		return metrics
 	}
@@ -93,35 +94,35 @@ func withGuardMetrics(o *GuardOptions, metrics []provider.Metric) []provider.Met
 			return metrics
 		}
 	}
-	return append(metrics, provider.Metric{
+	return append(metrics, metricsconfig.Metric{
 		Name:        DrainingMetric,
-		Series:      scrape.Series{Name: DrainingMetric, Rule: scrape.Count}, // a pod without it keeps its other values
-		Aggregation: provider.AggregateMax,
+		Series:      metricsconfig.Series{Name: DrainingMetric, Rule: metricsconfig.Count}, // a pod without it keeps its other values
+		Aggregation: metricsconfig.AggregateMax,
 	})
 }
 
 // sourceMetrics adapts the adapter's value source to the controller's PodMetrics.
 type sourceMetrics struct {
 	source      provider.Source
-	selection   *provider.Selection
+	selection   *pods.Selection
 	connections int // index of websocket_connections
 	draining    int // index of websocket_draining
 }
 
 var _ controller.PodMetrics = (*sourceMetrics)(nil)
 
-func newSourceMetrics(source provider.Source, selection *provider.Selection, metrics []provider.Metric) (*sourceMetrics, error) {
+func newSourceMetrics(source provider.Source, selection *pods.Selection, metrics []metricsconfig.Metric) (*sourceMetrics, error) {
 	s := &sourceMetrics{source: source, selection: selection, connections: -1, draining: -1}
 	for i, m := range metrics {
 		switch m.Name {
-		case provider.ConnectionsMetric:
+		case metricsconfig.ConnectionsMetric:
 			s.connections = i
 		case DrainingMetric:
 			s.draining = i
 		}
 	}
 	if s.connections < 0 || s.draining < 0 {
-		return nil, fmt.Errorf("the ScaleGuard controller needs the metrics %s and %s in the adapter's configuration (or --scale-guard=false)", provider.ConnectionsMetric, DrainingMetric)
+		return nil, fmt.Errorf("the ScaleGuard controller needs the metrics %s and %s in the adapter's configuration (or --scale-guard=false)", metricsconfig.ConnectionsMetric, DrainingMetric)
 	}
 	return s, nil
 }

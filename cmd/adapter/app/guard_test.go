@@ -10,7 +10,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 
-	"github.com/wsscale/wsscale/pkg/provider"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
+	"github.com/wsscale/wsscale/pkg/provider/pods"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
 func TestGuardOptionsValidate(t *testing.T) {
@@ -52,20 +54,20 @@ func TestGuardFlagsDisable(t *testing.T) {
 }
 
 // fakeSource serves fixed points per metric index.
-type fakeSource map[int][]provider.Point
+type fakeSource map[int][]store.Point
 
-func (f fakeSource) Lookup(_ context.Context, metric int, _ string, pods []string) ([]provider.Point, error) {
+func (f fakeSource) Lookup(_ context.Context, metric int, _ string, pods []string) ([]store.Point, error) {
 	return f[metric][:len(pods)], nil
 }
 
 func TestSourceMetrics(t *testing.T) {
-	metrics := withGuardMetrics(NewGuardOptions(), provider.DefaultMetrics())
+	metrics := withGuardMetrics(NewGuardOptions(), metricsconfig.DefaultMetrics())
 	at := time.Date(2026, 12, 2, 9, 0, 0, 0, time.UTC)
 	src := fakeSource{
 		0: {{Value: 12, Time: at, OK: true}, {Value: 3, Time: at, OK: true}, {}},
 		2: {{Value: 1, Time: at, OK: true}, {}, {}},
 	}
-	sm, err := newSourceMetrics(src, &provider.Selection{Selector: labels.Everything()}, metrics)
+	sm, err := newSourceMetrics(src, &pods.Selection{Selector: labels.Everything()}, metrics)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +92,7 @@ func TestSourceMetrics(t *testing.T) {
 		t.Errorf("Scraped(pending) = %v, Scraped(unannotated running) = %v; want true, false", sm.Scraped(pending), sm.Scraped(unannotated))
 	}
 
-	if _, err := newSourceMetrics(src, nil, provider.DefaultMetrics()); err == nil {
+	if _, err := newSourceMetrics(src, nil, metricsconfig.DefaultMetrics()); err == nil {
 		t.Errorf("newSourceMetrics without websocket_draining: no error")
 	}
 }

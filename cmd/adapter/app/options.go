@@ -14,7 +14,8 @@ import (
 	logsapi "k8s.io/component-base/logs/api/v1"
 	basecmd "sigs.k8s.io/custom-metrics-apiserver/pkg/cmd"
 
-	"github.com/wsscale/wsscale/pkg/provider"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
+	"github.com/wsscale/wsscale/pkg/provider/pods"
 	"github.com/wsscale/wsscale/pkg/provider/promsource"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
 )
@@ -69,8 +70,8 @@ func NewOptions() *Options {
 		ScrapeInterval:           scrape.DefaultInterval,
 		ScrapeConcurrency:        scrape.DefaultConcurrency,
 		MaxBodyBytes:             scrape.DefaultMaxBodyBytes,
-		PodSelector:              provider.DefaultPodSelector,
-		MetricsPortName:          provider.DefaultMetricsPortName,
+		PodSelector:              pods.DefaultPodSelector,
+		MetricsPortName:          pods.DefaultMetricsPortName,
 		PrometheusTimeout:        5 * time.Second,
 		PrometheusNamespaceLabel: "namespace",
 		PrometheusPodLabel:       "pod",
@@ -126,6 +127,13 @@ func (o *Options) staleAfter() time.Duration {
 
 // Validate returns every problem of the options at once.
 func (o *Options) Validate() []error {
+	_, errs := o.validate()
+	return errs
+}
+
+// validate returns every problem of the options and the served metrics,
+// read from --metrics-config once (nil when it has problems).
+func (o *Options) validate() ([]metricsconfig.Metric, []error) {
 	var errs []error
 	if o.Base.CustomMetricsAdapterServerOptions != nil {
 		errs = append(errs, o.Base.CustomMetricsAdapterServerOptions.Validate()...)
@@ -173,10 +181,9 @@ func (o *Options) Validate() []error {
 	if o.MetricsPortName == "" {
 		errs = append(errs, errors.New("--metrics-port-name must not be empty"))
 	}
-	if o.MetricsConfigFile != "" {
-		if _, err := o.metrics(); err != nil {
-			errs = append(errs, fmt.Errorf("--metrics-config: %w", err))
-		}
+	metrics, err := o.metrics()
+	if err != nil {
+		errs = append(errs, fmt.Errorf("--metrics-config: %w", err))
 	}
 	if o.MetricsBindAddress != "0" && o.MetricsBindAddress != "" {
 		if _, _, err := net.SplitHostPort(o.MetricsBindAddress); err != nil {
@@ -192,62 +199,86 @@ func (o *Options) Validate() []error {
 	if err := logsapi.Validate(o.Logs, nil, nil).ToAggregate(); err != nil {
 		errs = append(errs, err)
 	}
-	return errs
+	return metrics, errs
 }
 
 // metrics returns the served metrics: the file's, or the defaults.
-func (o *Options) metrics() ([]provider.Metric, error) {
+func (o *Options) metrics() ([]metricsconfig.Metric, error) {
 	if o.MetricsConfigFile == "" {
-		return provider.DefaultMetrics(), nil
+		return metricsconfig.DefaultMetrics(), nil
 	}
 	data, err := os.ReadFile(o.MetricsConfigFile)
 	if err != nil {
 		return nil, err
 	}
-	return provider.ParseMetricsConfig(o.MetricsConfigFile, data)
+	return metricsconfig.ParseMetricsConfig(o.MetricsConfigFile, data)
 }
 
-// Config is the validated, parsed configuration, without clients.
+// Config is the validated, parsed configuration, without clients: all that
+// Complete needs, so that nothing refers back to the flags.
 type Config struct {
 	// Metrics are the served metrics.
-	Metrics []provider.Metric
+	Metrics []metricsconfig.Metric
 	// Selection says which pods are tracked.
-	Selection *provider.Selection
-	// Scrape configures the scraper (with --source=scrape).
+	Selection *pods.Selection
+	// WatchNamespace restricts the tracked pods to one namespace; "" is all.
+	WatchNamespace string
+	// Source is where values come from: SourceScrape or SourcePrometheus.
+	Source string
+	// Scrape configures the scraper (with SourceScrape).
 	Scrape scrape.Config
+	// Prometheus configures the Prometheus source (with SourcePrometheus).
+	Prometheus promsource.Config
 	// StaleAfter is the age beyond which values are not served.
 	StaleAfter time.Duration
-	// Options are the flags the Config was made from.
-	Options *Options
+	// Guard configures the ScaleGuard controller.
+	Guard GuardOptions
+	// MetricsBindAddress, unless "" or "0", also serves the adapter's own
+	// metrics there as plain HTTP.
+	MetricsBindAddress string
+	// APIServiceOwner is NAMESPACE/NAME of the Service that fronts the
+	// adapter; "" means wsscale-adapter in the pod's namespace.
+	APIServiceOwner string
+	// Server is the custom metrics API server scaffolding, as the flags
+	// configured it; Complete builds the clients and the server from it.
+	Server *basecmd.AdapterBase
 }
 
-// Config validates the options and returns the configuration.
+// Config validates the options and returns the configuration; the metrics
+// configuration file is read once.
 func (o *Options) Config() (*Config, error) {
-	if errs := o.Validate(); len(errs) > 0 {
+	metrics, errs := o.validate()
+	if len(errs) > 0 {
 		return nil, fmt.Errorf("invalid configuration:\n%w", errors.Join(errs...))
-	}
-	metrics, err := o.metrics()
-	if err != nil {
-		return nil, err
 	}
 	metrics = withGuardMetrics(o.Guard, metrics)
 	sel, err := labels.Parse(o.PodSelector)
 	if err != nil {
 		return nil, err
 	}
-	sc := scrape.NewConfig(provider.ScrapeSeries(metrics)...)
+	sc := scrape.NewConfig(metricsconfig.ScrapeSeries(metrics)...)
 	sc.Interval, sc.Timeout, sc.Concurrency = o.ScrapeInterval, o.scrapeTimeout(), o.ScrapeConcurrency
 	sc.MaxBodyBytes, sc.DisableKeepAlives = o.MaxBodyBytes, o.DisableKeepAlives
+	staleAfter := o.staleAfter()
 	return &Config{
 		Metrics: metrics,
-		Selection: &provider.Selection{
+		Selection: &pods.Selection{
 			// Prometheus decides which pods it scrapes (with a ServiceMonitor
 			// they carry no prometheus.io/scrape annotation).
 			Selector: sel, RequireAnnotation: o.RequireScrapeAnnotation && o.Source != SourcePrometheus,
 			PortName: o.MetricsPortName,
 		},
-		Scrape:     sc,
-		StaleAfter: o.staleAfter(),
-		Options:    o,
+		WatchNamespace: o.WatchNamespace,
+		Source:         o.Source,
+		Scrape:         sc,
+		Prometheus: promsource.Config{
+			URL: o.PrometheusURL, Timeout: o.PrometheusTimeout, StaleAfter: staleAfter, Metrics: metrics,
+			NamespaceLabel: o.PrometheusNamespaceLabel, PodLabel: o.PrometheusPodLabel,
+		},
+		StaleAfter:         staleAfter,
+		Guard:              *o.Guard,
+		MetricsBindAddress: o.MetricsBindAddress,
+		APIServiceOwner:    o.APIServiceOwner,
+		Server:             o.Base,
 	}, nil
 }

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -22,7 +21,8 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/wsscale/wsscale/pkg/provider"
-	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
 // DefaultStaleAfter is the default age beyond which a sample is not served,
@@ -42,7 +42,7 @@ type Config struct {
 	// exceed Prometheus's scrape interval; 0 means DefaultStaleAfter.
 	StaleAfter time.Duration
 	// Metrics are the served metrics.
-	Metrics []provider.Metric
+	Metrics []metricsconfig.Metric
 	// NamespaceLabel and PodLabel are the series labels that name a pod's
 	// namespace and name (as the usual kubernetes_sd relabelling sets them).
 	NamespaceLabel, PodLabel string
@@ -143,7 +143,7 @@ func (s *Source) StaleAfter() time.Duration { return s.cfg.StaleAfter }
 // its labels in namespace, over the last StaleAfter, so that each sample
 // keeps its own timestamp (an instant vector would carry the evaluation
 // time instead).
-func (s *Source) Selector(series scrape.Series, namespace string) Selector {
+func (s *Source) Selector(series metricsconfig.Series, namespace string) Selector {
 	q := Selector{Metric: series.Name, Window: s.cfg.StaleAfter}
 	for _, l := range series.Labels {
 		q.Matchers = append(q.Matchers, Matcher{Label: l.Name, Value: l.Value})
@@ -153,8 +153,8 @@ func (s *Source) Selector(series scrape.Series, namespace string) Selector {
 }
 
 // Lookup implements provider.Source.
-func (s *Source) Lookup(ctx context.Context, metric int, namespace string, pods []string) ([]provider.Point, error) {
-	out := make([]provider.Point, len(pods))
+func (s *Source) Lookup(ctx context.Context, metric int, namespace string, pods []string) ([]store.Point, error) {
+	out := make([]store.Point, len(pods))
 	if len(pods) == 0 {
 		return out, nil
 	}
@@ -164,7 +164,7 @@ func (s *Source) Lookup(ctx context.Context, metric int, namespace string, pods 
 	if err != nil {
 		return nil, err
 	}
-	var div map[string]provider.Point
+	var div map[string]store.Point
 	if m.DivideBy != nil {
 		if div, err = s.query(ctx, s.Selector(*m.DivideBy, namespace).String(), m.DivideBy.Rule, now); err != nil {
 			return nil, err
@@ -190,9 +190,10 @@ func (s *Source) Lookup(ctx context.Context, metric int, namespace string, pods 
 	return out, nil
 }
 
-// query runs one query and returns the latest fresh valid value by pod.
+// query runs one query and returns the latest fresh valid value by pod,
+// valid by the series' rule as in a scrape.
 // A pod with more than one matching series has no value, as in a scrape.
-func (s *Source) query(ctx context.Context, q string, rule scrape.ValueRule, now time.Time) (map[string]provider.Point, error) {
+func (s *Source) query(ctx context.Context, q string, rule metricsconfig.ValueRule, now time.Time) (map[string]store.Point, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	v, _, _, err := s.api.Query(ctx, q, now, promv1.WithTimeout(s.cfg.Timeout))
@@ -208,7 +209,7 @@ func (s *Source) query(ctx context.Context, q string, rule scrape.ValueRule, now
 	for _, stream := range matrix {
 		series[string(stream.Metric[model.LabelName(s.cfg.PodLabel)])]++
 	}
-	out := make(map[string]provider.Point, len(matrix))
+	out := make(map[string]store.Point, len(matrix))
 	for _, stream := range matrix {
 		pod := string(stream.Metric[model.LabelName(s.cfg.PodLabel)])
 		if pod == "" || series[pod] > 1 || len(stream.Values) == 0 {
@@ -217,24 +218,10 @@ func (s *Source) query(ctx context.Context, q string, rule scrape.ValueRule, now
 		last := stream.Values[len(stream.Values)-1]
 		t := last.Timestamp.Time()
 		val := float64(last.Value)
-		if t.Before(oldest) || !valid(rule, val) {
+		if t.Before(oldest) || rule.Check(val) != "" {
 			continue
 		}
-		out[pod] = provider.Point{Value: val, Time: t, OK: true}
+		out[pod] = store.Point{Value: val, Time: t, OK: true}
 	}
 	return out, nil
-}
-
-// valid applies a series' value rule, as the scraper does.
-func valid(rule scrape.ValueRule, v float64) bool {
-	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return false
-	}
-	switch rule {
-	case scrape.NonNegative:
-		return v >= 0
-	case scrape.Count:
-		return v >= 0 && v == math.Trunc(v) && v <= 1<<53
-	}
-	return true
 }

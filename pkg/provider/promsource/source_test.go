@@ -15,9 +15,8 @@ import (
 
 	testingclock "k8s.io/utils/clock/testing"
 
-	"github.com/wsscale/wsscale/pkg/provider"
 	"github.com/wsscale/wsscale/pkg/provider/exposition"
-	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
 )
 
 // fakeSeries is one series of the fake Prometheus: its labels (with
@@ -130,16 +129,16 @@ func series(now time.Time, name, namespace, pod string, extra map[string]string,
 	return s
 }
 
-var sessionsMetric = provider.Metric{
+var sessionsMetric = metricsconfig.Metric{
 	Name:        "sessions",
-	Series:      scrape.Series{Name: "sessions", Labels: []exposition.Label{{Name: "region", Value: "eu"}}},
-	Aggregation: provider.AggregateSum,
+	Series:      metricsconfig.Series{Name: "sessions", Labels: []exposition.Label{{Name: "region", Value: "eu"}}},
+	Aggregation: metricsconfig.AggregateSum,
 }
 
 func TestLookup(t *testing.T) {
 	now := time.Unix(1_800_000_000, 0).UTC()
 	const sec = time.Second
-	active, max := provider.ActiveSeries, provider.MaxSeries
+	active, max := metricsconfig.ActiveSeries, metricsconfig.MaxSeries
 	fp := &fakePrometheus{now: now, series: []fakeSeries{
 		series(now, active, "ns", "a", nil, 31*sec, "10", sec, "12"),
 		series(now, active, "ns", "b", nil, 3*sec, "0"),
@@ -161,7 +160,7 @@ func TestLookup(t *testing.T) {
 	}}
 	srv := httptest.NewServer(fp)
 	defer srv.Close()
-	metrics := append(provider.DefaultMetrics(), sessionsMetric)
+	metrics := append(metricsconfig.DefaultMetrics(), sessionsMetric)
 	src, err := New(Config{
 		URL: srv.URL, Timeout: time.Second, Metrics: metrics,
 		NamespaceLabel: "namespace", PodLabel: "pod", Clock: testingclock.NewFakePassiveClock(now),
@@ -273,7 +272,7 @@ func TestLookupErrors(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			srv := httptest.NewServer(tt.handler)
 			defer srv.Close()
-			src, err := New(Config{URL: srv.URL, Timeout: time.Second, Metrics: provider.DefaultMetrics(),
+			src, err := New(Config{URL: srv.URL, Timeout: time.Second, Metrics: metricsconfig.DefaultMetrics(),
 				NamespaceLabel: "namespace", PodLabel: "pod", Clock: testingclock.NewFakePassiveClock(now)})
 			if err != nil {
 				t.Fatal(err)
@@ -325,7 +324,7 @@ func TestLookupTimeout(t *testing.T) {
 	srv := httptest.NewServer(fp)
 	defer func() { close(fp.delay); srv.Close() }()
 	src, err := New(Config{URL: srv.URL, Timeout: 50 * time.Millisecond, StaleAfter: 10 * time.Second,
-		Metrics: provider.DefaultMetrics(), NamespaceLabel: "namespace", PodLabel: "pod"})
+		Metrics: metricsconfig.DefaultMetrics(), NamespaceLabel: "namespace", PodLabel: "pod"})
 	if err != nil {
 		t.Fatal(err)
 	}

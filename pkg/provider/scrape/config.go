@@ -10,6 +10,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/wsscale/wsscale/pkg/provider/exposition"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
 )
 
 // Defaults of Config.
@@ -25,7 +26,7 @@ const (
 // Config configures a Scraper.
 type Config struct {
 	// Series are the wanted series of every target.
-	Series []Series
+	Series []metricsconfig.Series
 	// Interval is how often each target is scraped. Targets are spread over
 	// the interval so that scrapes do not come in bursts.
 	Interval time.Duration
@@ -74,7 +75,7 @@ type Config struct {
 }
 
 // NewConfig returns a Config with the defaults, scraping series.
-func NewConfig(series ...Series) Config {
+func NewConfig(series ...metricsconfig.Series) Config {
 	return Config{
 		Series:       series,
 		Interval:     DefaultInterval,
@@ -96,7 +97,7 @@ func (c *Config) Validate() []error {
 		if s.Name == "" {
 			errs = append(errs, fmt.Errorf("series %d: empty name", i))
 		}
-		if s.Rule > Count {
+		if s.Rule > metricsconfig.Count {
 			errs = append(errs, fmt.Errorf("series %d (%s): unknown value rule %d", i, s.Name, s.Rule))
 		}
 		labels := map[string]bool{}

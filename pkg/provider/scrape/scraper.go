@@ -24,6 +24,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/wsscale/wsscale/pkg/provider/exposition"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
 )
 
 // acceptHeader asks for the text format first: it is what client libraries
@@ -108,7 +109,7 @@ func New(cfg Config, sink Sink) (*Scraper, error) {
 		return nil, errors.New("invalid scrape configuration: no sink")
 	}
 	cfg = cfg.withDefaults()
-	cfg.Series = append([]Series(nil), cfg.Series...)
+	cfg.Series = append([]metricsconfig.Series(nil), cfg.Series...)
 	selectors := cfg.selectors()
 	if _, err := exposition.NewParser(selectors...); err != nil {
 		return nil, fmt.Errorf("invalid scrape configuration: %w", err)
@@ -577,7 +578,7 @@ func (s *Scraper) scrape(ctx context.Context, w *worker, u *url.URL) ([]Value, R
 			values[i].Problem = ReasonMissing
 		case len(samples) > 1:
 			values[i].Problem = ReasonDuplicate
-		case series.Rule.check(samples[0].Value) != "":
+		case series.Rule.Check(samples[0].Value) != "":
 			values[i].Problem = ReasonInvalidValue
 		default:
 			values[i] = Value{Value: samples[0].Value, Present: true}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +18,7 @@ import (
 	testingclock "k8s.io/utils/clock/testing"
 
 	"github.com/wsscale/wsscale/pkg/provider/exposition"
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
 )
 
 // waitFor bounds every wait of these tests; nothing waits on real time
@@ -26,8 +26,8 @@ import (
 const waitFor = 10 * time.Second
 
 var (
-	activeSeries = Series{Name: "websocket_connections_active", Rule: Count}
-	maxSeries    = Series{Name: "websocket_connections_max", Rule: Count}
+	activeSeries = metricsconfig.Series{Name: "websocket_connections_active", Rule: metricsconfig.Count}
+	maxSeries    = metricsconfig.Series{Name: "websocket_connections_max", Rule: metricsconfig.Count}
 )
 
 // event is one call of the sink.
@@ -708,35 +708,6 @@ func TestNextDue(t *testing.T) {
 	}
 }
 
-func TestValueRules(t *testing.T) {
-	tests := []struct {
-		name  string
-		rule  ValueRule
-		value float64
-		want  string
-	}{
-		{name: "finite accepts negative", rule: Finite, value: -1.5},
-		{name: "finite rejects NaN", rule: Finite, value: math.NaN(), want: "NaN"},
-		{name: "finite rejects -Inf", rule: Finite, value: math.Inf(-1), want: "infinite"},
-		{name: "non-negative accepts fraction", rule: NonNegative, value: 0.25},
-		{name: "non-negative rejects negative", rule: NonNegative, value: -0.25, want: "negative"},
-		{name: "count accepts zero", rule: Count, value: 0},
-		{name: "count accepts negative zero", rule: Count, value: math.Copysign(0, -1)},
-		{name: "count accepts 2^53", rule: Count, value: 1 << 53},
-		{name: "count rejects beyond 2^53", rule: Count, value: 1 << 54, want: "not an integer count"},
-		{name: "count rejects fraction", rule: Count, value: 3.5, want: "not an integer count"},
-		{name: "count rejects +Inf", rule: Count, value: math.Inf(1), want: "infinite"},
-		{name: "count rejects negative", rule: Count, value: -1, want: "negative"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := tc.rule.check(tc.value); got != tc.want {
-				t.Errorf("%v.check(%v) = %q, want %q", tc.rule, tc.value, got, tc.want)
-			}
-		})
-	}
-}
-
 // endless is a reader that never ends.
 type endless struct{ read int64 }
 
@@ -788,8 +759,8 @@ func TestConfigValidate(t *testing.T) {
 		t.Fatalf("default test config invalid: %v", errs)
 	}
 	bad := Config{
-		Series: []Series{
-			{Name: "", Rule: Count},
+		Series: []metricsconfig.Series{
+			{Name: "", Rule: metricsconfig.Count},
 			{Name: "a", Rule: 9},
 			{Name: "b", Labels: []exposition.Label{{Name: "x", Value: "1"}}},
 			{Name: "b", Labels: []exposition.Label{{Name: "x", Value: "1"}}},

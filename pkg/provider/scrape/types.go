@@ -1,11 +1,7 @@
 package scrape
 
 import (
-	"fmt"
-	"math"
 	"time"
-
-	"github.com/wsscale/wsscale/pkg/provider/exposition"
 )
 
 // PodKey identifies a scraped pod.
@@ -22,69 +18,6 @@ func (k PodKey) String() string { return k.Namespace + "/" + k.Name }
 type Target struct {
 	Key PodKey
 	URL string
-}
-
-// ValueRule says which values of a series are valid. A series with an
-// invalid value has no value (Problem ReasonInvalidValue), so that a broken
-// series gives no value rather than a wrong one.
-type ValueRule uint8
-
-const (
-	// Finite accepts every value but NaN, +Inf and -Inf.
-	Finite ValueRule = iota
-	// NonNegative accepts finite values >= 0.
-	NonNegative
-	// Count accepts integers from 0 to 2^53, such as a number of open
-	// connections.
-	Count
-)
-
-// maxCount is the largest integer a float64 holds exactly.
-const maxCount = 1 << 53
-
-// String returns the rule's name.
-func (r ValueRule) String() string {
-	switch r {
-	case Finite:
-		return "finite"
-	case NonNegative:
-		return "non-negative"
-	case Count:
-		return "count"
-	}
-	return fmt.Sprintf("ValueRule(%d)", uint8(r))
-}
-
-// check returns why v breaks the rule, or "" when it does not.
-func (r ValueRule) check(v float64) string {
-	if math.IsNaN(v) {
-		return "NaN"
-	}
-	if math.IsInf(v, 0) {
-		return "infinite"
-	}
-	if r == Finite {
-		return ""
-	}
-	if v < 0 {
-		return "negative"
-	}
-	if r == Count && (v != math.Trunc(v) || v > maxCount) {
-		return "not an integer count"
-	}
-	return ""
-}
-
-// Series is one wanted series of every target.
-type Series struct {
-	// Name is the sample name as exposed, e.g. websocket_connections_active.
-	Name string
-	// Labels, if any, must be present on the sample with exactly these
-	// values; other labels are ignored. When more than one sample matches,
-	// the series has no value (Problem ReasonDuplicate).
-	Labels []exposition.Label
-	// Rule is the validation applied to the value.
-	Rule ValueRule
 }
 
 // Value is the value of one series in a successful scrape. Series are

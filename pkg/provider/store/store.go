@@ -1,4 +1,7 @@
-package provider
+// Package store keeps the latest values of every tracked pod, as computed
+// from its last scrape, and judges their freshness: the scraper's sink and
+// the custom metrics API's source of values.
+package store
 
 import (
 	"context"
@@ -8,10 +11,12 @@ import (
 
 	"k8s.io/utils/clock"
 
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
 )
 
-// Point is the value of one metric of one pod.
+// Point is the value of one metric of one pod, as every value source gives
+// it (the Store and the Prometheus source).
 type Point struct {
 	// Value is the metric's value; meaningful only when OK.
 	Value float64
@@ -25,15 +30,6 @@ type Point struct {
 	HadValue bool
 }
 
-// Source gives the latest fresh values of a served metric. The scraping
-// Store and the Prometheus source implement it.
-type Source interface {
-	// Lookup returns the value of metric (an index into the served metrics)
-	// for each named pod of namespace, in the same order. A pod without a
-	// fresh value gets a Point with OK false, never a zero value.
-	Lookup(ctx context.Context, metric int, namespace string, pods []string) ([]Point, error)
-}
-
 // ScrapeObserver is told about every scrape, for the adapter's own metrics.
 type ScrapeObserver interface {
 	// ObserveScrape records a scrape; reason is "" for a successful one.
@@ -43,7 +39,7 @@ type ScrapeObserver interface {
 // Store keeps the latest values of every tracked pod, as computed from its
 // last scrape. It is the scraper's Sink and the provider's Source.
 type Store struct {
-	plan       seriesPlan
+	plan       metricsconfig.Plan
 	names      []string // of the metrics
 	staleAfter time.Duration
 	clock      clock.PassiveClock
@@ -72,14 +68,11 @@ type podValues struct {
 	hadValue bool
 }
 
-var (
-	_ scrape.Sink = (*Store)(nil)
-	_ Source      = (*Store)(nil)
-)
+var _ scrape.Sink = (*Store)(nil)
 
-// NewStore returns a Store for metrics whose values are served while they
+// New returns a Store for metrics whose values are served while they
 // are at most staleAfter old. observer may be nil.
-func NewStore(metrics []Metric, staleAfter time.Duration, clk clock.PassiveClock, observer ScrapeObserver) *Store {
+func New(metrics []metricsconfig.Metric, staleAfter time.Duration, clk clock.PassiveClock, observer ScrapeObserver) *Store {
 	if clk == nil {
 		clk = clock.RealClock{}
 	}
@@ -88,7 +81,7 @@ func NewStore(metrics []Metric, staleAfter time.Duration, clk clock.PassiveClock
 		names[i] = m.Name
 	}
 	return &Store{
-		plan:       newSeriesPlan(metrics),
+		plan:       metricsconfig.NewPlan(metrics),
 		names:      names,
 		staleAfter: staleAfter,
 		clock:      clk,
@@ -171,10 +164,10 @@ func (s *Store) Observe(key scrape.PodKey, sample scrape.Sample) {
 	}
 	// Each metric stands alone: a series one metric lacks leaves the others
 	// their values.
-	values := make([]float64, len(s.plan.numerator))
-	problems := make([]scrape.Reason, len(s.plan.numerator))
-	for m, n := range s.plan.numerator {
-		values[m], problems[m] = seriesQuotient(sample.Values, n, s.plan.divisor[m])
+	values := make([]float64, len(s.plan.Numerator))
+	problems := make([]scrape.Reason, len(s.plan.Numerator))
+	for m, n := range s.plan.Numerator {
+		values[m], problems[m] = seriesQuotient(sample.Values, n, s.plan.Divisor[m])
 	}
 	s.mu.Lock()
 	if p, ok := s.pods[key]; ok {
@@ -219,7 +212,9 @@ func (s *Store) Fail(key scrape.PodKey, failure scrape.Failure) {
 	s.mu.Unlock()
 }
 
-// Lookup implements Source.
+// Lookup returns the value of metric (an index into the served metrics) for
+// each named pod of namespace, in the same order. A pod without a fresh
+// value gets a Point with OK false, never a zero value.
 func (s *Store) Lookup(_ context.Context, metric int, namespace string, pods []string) ([]Point, error) {
 	out := make([]Point, len(pods))
 	oldest := s.clock.Now().Add(-s.staleAfter)

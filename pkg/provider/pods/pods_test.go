@@ -1,4 +1,4 @@
-package provider
+package pods
 
 import (
 	"context"
@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wsscale/wsscale/pkg/provider/internal/podtest"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -14,7 +16,9 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	testingclock "k8s.io/utils/clock/testing"
 
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
 func TestSelected(t *testing.T) {
@@ -25,17 +29,17 @@ func TestSelected(t *testing.T) {
 		pod  *corev1.Pod
 		want bool
 	}{
-		{name: "annotated running pod", sel: Selection{RequireAnnotation: true}, pod: newPod("ns", "a"), want: true},
-		{name: "pending", sel: Selection{RequireAnnotation: true}, pod: newPod("ns", "a", withPhase(corev1.PodPending)), want: false},
-		{name: "succeeded", sel: Selection{}, pod: newPod("ns", "a", withPhase(corev1.PodSucceeded)), want: false},
-		{name: "no IP", sel: Selection{}, pod: newPod("ns", "a", withIP("")), want: false},
-		{name: "terminating", sel: Selection{}, pod: newPod("ns", "a", terminating()), want: false},
-		{name: "annotation required, absent", sel: Selection{RequireAnnotation: true}, pod: newPod("ns", "a", withAnnotations()), want: false},
-		{name: "annotation required, false", sel: Selection{RequireAnnotation: true}, pod: newPod("ns", "a", withAnnotations(ScrapeAnnotation, "false")), want: false},
-		{name: "annotation not required", sel: Selection{}, pod: newPod("ns", "a", withAnnotations()), want: true},
-		{name: "selector matches", sel: Selection{Selector: echo}, pod: newPod("ns", "a"), want: true},
-		{name: "selector does not match", sel: Selection{Selector: echo}, pod: newPod("ns", "a", withLabels("app", "web")), want: false},
-		{name: "selector and annotation", sel: Selection{Selector: echo, RequireAnnotation: true}, pod: newPod("ns", "a", withAnnotations()), want: false},
+		{name: "annotated running pod", sel: Selection{RequireAnnotation: true}, pod: podtest.NewPod("ns", "a"), want: true},
+		{name: "pending", sel: Selection{RequireAnnotation: true}, pod: podtest.NewPod("ns", "a", podtest.WithPhase(corev1.PodPending)), want: false},
+		{name: "succeeded", sel: Selection{}, pod: podtest.NewPod("ns", "a", podtest.WithPhase(corev1.PodSucceeded)), want: false},
+		{name: "no IP", sel: Selection{}, pod: podtest.NewPod("ns", "a", podtest.WithIP("")), want: false},
+		{name: "podtest.Terminating", sel: Selection{}, pod: podtest.NewPod("ns", "a", podtest.Terminating()), want: false},
+		{name: "annotation required, absent", sel: Selection{RequireAnnotation: true}, pod: podtest.NewPod("ns", "a", podtest.WithAnnotations()), want: false},
+		{name: "annotation required, false", sel: Selection{RequireAnnotation: true}, pod: podtest.NewPod("ns", "a", podtest.WithAnnotations(ScrapeAnnotation, "false")), want: false},
+		{name: "annotation not required", sel: Selection{}, pod: podtest.NewPod("ns", "a", podtest.WithAnnotations()), want: true},
+		{name: "selector matches", sel: Selection{Selector: echo}, pod: podtest.NewPod("ns", "a"), want: true},
+		{name: "selector does not match", sel: Selection{Selector: echo}, pod: podtest.NewPod("ns", "a", podtest.WithLabels("app", "web")), want: false},
+		{name: "selector and annotation", sel: Selection{Selector: echo, RequireAnnotation: true}, pod: podtest.NewPod("ns", "a", podtest.WithAnnotations()), want: false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -46,7 +50,7 @@ func TestSelected(t *testing.T) {
 	}
 }
 
-func withPorts(ports ...corev1.ContainerPort) podOpt {
+func withPorts(ports ...corev1.ContainerPort) podtest.Opt {
 	return func(p *corev1.Pod) {
 		p.Spec.Containers = []corev1.Container{{Name: "c", Ports: ports}}
 	}
@@ -60,13 +64,13 @@ func TestTarget(t *testing.T) {
 		want    string
 		wantErr bool
 	}{
-		{name: "port annotation", pod: newPod("ns", "a"), want: "http://198.18.0.10:9090/metrics"},
-		{name: "path annotation", pod: newPod("ns", "a", withAnnotations(PortAnnotation, "8080", PathAnnotation, "stats")), want: "http://198.18.0.10:8080/stats"},
-		{name: "named port", pod: newPod("ns", "a", withAnnotations(), withPorts(corev1.ContainerPort{Name: "ws", ContainerPort: 8080}, corev1.ContainerPort{Name: "metrics", ContainerPort: 9100})), want: "http://198.18.0.10:9100/metrics"},
-		{name: "IPv6", pod: newPod("ns", "a", withIP("fd00::7")), want: "http://[fd00::7]:9090/metrics"},
-		{name: "bad port annotation", pod: newPod("ns", "a", withAnnotations(PortAnnotation, "http")), wantErr: true},
-		{name: "port out of range", pod: newPod("ns", "a", withAnnotations(PortAnnotation, "70000")), wantErr: true},
-		{name: "no port", pod: newPod("ns", "a", withAnnotations(), withPorts(corev1.ContainerPort{Name: "ws", ContainerPort: 8080})), wantErr: true},
+		{name: "port annotation", pod: podtest.NewPod("ns", "a"), want: "http://198.18.0.10:9090/metrics"},
+		{name: "path annotation", pod: podtest.NewPod("ns", "a", podtest.WithAnnotations(PortAnnotation, "8080", PathAnnotation, "stats")), want: "http://198.18.0.10:8080/stats"},
+		{name: "named port", pod: podtest.NewPod("ns", "a", podtest.WithAnnotations(), withPorts(corev1.ContainerPort{Name: "ws", ContainerPort: 8080}, corev1.ContainerPort{Name: "metrics", ContainerPort: 9100})), want: "http://198.18.0.10:9100/metrics"},
+		{name: "IPv6", pod: podtest.NewPod("ns", "a", podtest.WithIP("fd00::7")), want: "http://[fd00::7]:9090/metrics"},
+		{name: "bad port annotation", pod: podtest.NewPod("ns", "a", podtest.WithAnnotations(PortAnnotation, "http")), wantErr: true},
+		{name: "port out of range", pod: podtest.NewPod("ns", "a", podtest.WithAnnotations(PortAnnotation, "70000")), wantErr: true},
+		{name: "no port", pod: podtest.NewPod("ns", "a", podtest.WithAnnotations(), withPorts(corev1.ContainerPort{Name: "ws", ContainerPort: 8080})), wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -83,8 +87,8 @@ func TestTarget(t *testing.T) {
 
 func TestStripPod(t *testing.T) {
 	sel := &Selection{PortName: "metrics"}
-	full := newPod("ns", "a", ownedBy("ReplicaSet", "rs"),
-		withAnnotations(ScrapeAnnotation, "true", PathAnnotation, "/m", "kubectl.kubernetes.io/last-applied-configuration", "{...}"),
+	full := podtest.NewPod("ns", "a", podtest.OwnedBy("ReplicaSet", "rs"),
+		podtest.WithAnnotations(ScrapeAnnotation, "true", PathAnnotation, "/m", "kubectl.kubernetes.io/last-applied-configuration", "{...}"),
 		withPorts(corev1.ContainerPort{Name: "ws", ContainerPort: 8080}, corev1.ContainerPort{Name: "metrics", ContainerPort: 9090}))
 	full.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
 	full.Spec.Containers[0].Image = "wsscale/echo"
@@ -121,7 +125,7 @@ func TestStripPod(t *testing.T) {
 	}
 	// What the adapter decides from the stripped pod is what it decides
 	// from the full one.
-	if sel.Selected(got) != sel.Selected(full) || podReady(got) != podReady(full) || restartCount(got) != restartCount(full) {
+	if sel.Selected(got) != sel.Selected(full) || Ready(got) != Ready(full) || restartCount(got) != restartCount(full) {
 		t.Error("selection, readiness or restart count differs after stripping")
 	}
 	t1, err1 := sel.Target(got)
@@ -132,7 +136,7 @@ func TestStripPod(t *testing.T) {
 	if other, _ := sel.StripPod("not a pod"); other != "not a pod" {
 		t.Error("non-pods must pass through")
 	}
-	rs, _ := StripReplicaSet(newReplicaSet("ns", "rs", "echo"))
+	rs, _ := StripReplicaSet(podtest.NewReplicaSet("ns", "rs", "echo"))
 	if len(rs.(interface {
 		GetOwnerReferences() []metav1.OwnerReference
 	}).GetOwnerReferences()) != 1 {
@@ -183,9 +187,9 @@ func TestPodTrackerWithInformer(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	client := fake.NewClientset(
-		newPod("ns", "a"),
-		newPod("ns", "pending", withPhase(corev1.PodPending), withIP("")),
-		newPod("ns", "web", withLabels("app", "web")),
+		podtest.NewPod("ns", "a"),
+		podtest.NewPod("ns", "pending", podtest.WithPhase(corev1.PodPending), podtest.WithIP("")),
+		podtest.NewPod("ns", "web", podtest.WithLabels("app", "web")),
 	)
 	sel := &Selection{Selector: labels.SelectorFromSet(labels.Set{"app": "echo"}), RequireAnnotation: true, PortName: "metrics"}
 	inf, err := NewInformers(client, "", sel)
@@ -193,8 +197,8 @@ func TestPodTrackerWithInformer(t *testing.T) {
 		t.Fatal(err)
 	}
 	targets := newFakeTargets()
-	store := NewStore(DefaultMetrics(), time.Minute, testingclock.NewFakePassiveClock(time.Now()), nil)
-	tracker := NewPodTracker(sel, targets, store)
+	values := store.New(metricsconfig.DefaultMetrics(), time.Minute, testingclock.NewFakePassiveClock(time.Now()), nil)
+	tracker := NewPodTracker(sel, targets, values)
 	if err := inf.AddPodHandler(tracker); err != nil {
 		t.Fatal(err)
 	}
@@ -211,8 +215,8 @@ func TestPodTrackerWithInformer(t *testing.T) {
 	if e := targets.next(t); e != "set ns/a" {
 		t.Fatalf("event %q, want set ns/a", e)
 	}
-	if tracker.Tracked() != 1 || store.Stats().Pending != 1 {
-		t.Fatalf("tracked %d, store %+v", tracker.Tracked(), store.Stats())
+	if tracker.Tracked() != 1 || values.Stats().Pending != 1 {
+		t.Fatalf("tracked %d, values %+v", tracker.Tracked(), values.Stats())
 	}
 	// The cache holds stripped pods.
 	cached, err := corelisters.NewPodLister(inf.Pods()).Pods("ns").Get("a")
@@ -222,15 +226,15 @@ func TestPodTrackerWithInformer(t *testing.T) {
 
 	pods := client.CoreV1().Pods("ns")
 	// A pod that starts running is scraped.
-	running := newPod("ns", "pending")
+	running := podtest.NewPod("ns", "pending")
 	if _, err := pods.UpdateStatus(ctx, running, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if e := targets.next(t); e != "set ns/pending" {
 		t.Fatalf("event %q, want set ns/pending", e)
 	}
-	// A terminating pod drops out at once.
-	term := newPod("ns", "a", terminating())
+	// A podtest.Terminating pod drops out at once.
+	term := podtest.NewPod("ns", "a", podtest.Terminating())
 	if _, err := pods.Update(ctx, term, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -244,17 +248,17 @@ func TestPodTrackerWithInformer(t *testing.T) {
 	if e := targets.next(t); e != "remove ns/pending" {
 		t.Fatalf("event %q, want remove ns/pending", e)
 	}
-	if tracker.Tracked() != 0 || store.Stats().Tracked != 0 {
-		t.Errorf("tracked %d, store %+v after removals", tracker.Tracked(), store.Stats())
+	if tracker.Tracked() != 0 || values.Stats().Tracked != 0 {
+		t.Errorf("tracked %d, values %+v after removals", tracker.Tracked(), values.Stats())
 	}
 	// A pod that loses the annotation drops out; one that gains it is added.
-	if _, err := pods.Create(ctx, newPod("ns", "b"), metav1.CreateOptions{}); err != nil {
+	if _, err := pods.Create(ctx, podtest.NewPod("ns", "b"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if e := targets.next(t); e != "set ns/b" {
 		t.Fatalf("event %q, want set ns/b", e)
 	}
-	if _, err := pods.Update(ctx, newPod("ns", "b", withAnnotations()), metav1.UpdateOptions{}); err != nil {
+	if _, err := pods.Update(ctx, podtest.NewPod("ns", "b", podtest.WithAnnotations()), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if e := targets.next(t); e != "remove ns/b" {

@@ -1,4 +1,4 @@
-package provider
+package pods
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wsscale/wsscale/pkg/provider/internal/podtest"
 
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes/fake"
@@ -118,7 +120,7 @@ func (g *gatedHandler) OnDelete(any)      {}
 // handler has seen the initial list, so the first scrape round never begins
 // from a Store that misses pods the cache already holds.
 func TestSyncWaitsForHandlers(t *testing.T) {
-	client := fake.NewClientset(newPod("ns", "a", withLabels(ScrapeLabel, "true")))
+	client := fake.NewClientset(podtest.NewPod("ns", "a", podtest.WithLabels(ScrapeLabel, "true")))
 	sel := &Selection{Selector: labels.SelectorFromSet(labels.Set{ScrapeLabel: "true"}), PortName: DefaultMetricsPortName}
 	inf, err := NewInformers(client, "", sel)
 	if err != nil {

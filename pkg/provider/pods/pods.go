@@ -1,4 +1,8 @@
-package provider
+// Package pods says which pods the adapter tracks and where their metrics
+// are: the Selection, the pod and ReplicaSet informers (filtered on the API
+// server, stripped to what the adapter reads, indexed by owner), and the
+// PodTracker that turns pod events into scrape targets and tracked pods.
+package pods
 
 import (
 	"fmt"
@@ -185,7 +189,7 @@ type Targets interface {
 	Remove(key scrape.PodKey)
 }
 
-// Tracker is told which pods are tracked, e.g. the Store.
+// Tracker is told which pods are tracked, e.g. the value store.
 type Tracker interface {
 	// Add starts tracking a pod.
 	Add(key scrape.PodKey)
@@ -195,10 +199,7 @@ type Tracker interface {
 	Restarted(key scrape.PodKey)
 }
 
-var (
-	_ Targets = (*scrape.Scraper)(nil)
-	_ Tracker = (*Store)(nil)
-)
+var _ Targets = (*scrape.Scraper)(nil)
 
 // PodTracker turns pod informer events into scrape targets: a pod is
 // scraped while it is selected, and dropped as soon as it stops running,
@@ -284,6 +285,16 @@ func (t *PodTracker) sync(obj any) {
 			t.untrack(key)
 		}
 	}
+}
+
+// Ready reports whether a pod's Ready condition is true.
+func Ready(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
 }
 
 // restartCount is the total restart count of a pod's containers.

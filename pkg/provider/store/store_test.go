@@ -1,4 +1,4 @@
-package provider
+package store
 
 import (
 	"context"
@@ -8,6 +8,7 @@ import (
 
 	testingclock "k8s.io/utils/clock/testing"
 
+	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
 )
 
@@ -103,7 +104,7 @@ func TestStore(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := testingclock.NewFakePassiveClock(t0)
 			obs := &recordingObserver{reasons: map[scrape.Reason]int{}}
-			s := NewStore(DefaultMetrics(), stale, clk, obs)
+			s := New(metricsconfig.DefaultMetrics(), stale, clk, obs)
 			s.Add(a)
 			for _, st := range tt.steps {
 				clk.SetTime(clk.Now().Add(st.advance))
@@ -135,7 +136,7 @@ func TestStoreStats(t *testing.T) {
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	clk := testingclock.NewFakePassiveClock(t0)
 	obs := &recordingObserver{reasons: map[scrape.Reason]int{}}
-	s := NewStore(DefaultMetrics(), 10*time.Second, clk, obs)
+	s := New(metricsconfig.DefaultMetrics(), 10*time.Second, clk, obs)
 	key := func(n string) scrape.PodKey { return scrape.PodKey{Namespace: "ns", Name: n} }
 	for _, n := range []string{"fresh", "stale", "failed", "pending"} {
 		s.Add(key(n))
@@ -153,3 +154,5 @@ func TestStoreStats(t *testing.T) {
 		t.Errorf("observed %v", obs.reasons)
 	}
 }
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)

@@ -1,12 +1,12 @@
-package provider
+package metricsconfig
 
 import (
+	"math"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/wsscale/wsscale/pkg/provider/exposition"
-	"github.com/wsscale/wsscale/pkg/provider/scrape"
 )
 
 func TestDefaultMetricsAreValid(t *testing.T) {
@@ -14,9 +14,9 @@ func TestDefaultMetricsAreValid(t *testing.T) {
 		t.Fatalf("default metrics invalid: %v", errs)
 	}
 	series := ScrapeSeries(DefaultMetrics())
-	want := []scrape.Series{
-		{Name: ActiveSeries, Rule: scrape.Count},
-		{Name: MaxSeries, Rule: scrape.Count},
+	want := []Series{
+		{Name: ActiveSeries, Rule: Count},
+		{Name: MaxSeries, Rule: Count},
 	}
 	if !reflect.DeepEqual(series, want) {
 		t.Errorf("ScrapeSeries = %+v, want %+v", series, want)
@@ -46,10 +46,10 @@ metrics:
 		t.Fatalf("ParseMetricsConfig: %v", err)
 	}
 	want := []Metric{
-		{Name: "websocket_connections", Series: scrape.Series{Name: "websocket_connections_active", Rule: scrape.Count}, Aggregation: AggregateSum},
-		{Name: "sessions", Series: scrape.Series{Name: "app_sessions", Labels: []exposition.Label{{Name: "kind", Value: "player"}, {Name: "region", Value: "eu"}}}, Aggregation: AggregateMax},
-		{Name: "load", Series: scrape.Series{Name: "app_sessions", Rule: scrape.NonNegative, Labels: []exposition.Label{{Name: "kind", Value: "player"}, {Name: "region", Value: "eu"}}},
-			DivideBy: &scrape.Series{Name: "app_capacity", Labels: []exposition.Label{{Name: "region", Value: "eu"}}}, Aggregation: AggregateAvg},
+		{Name: "websocket_connections", Series: Series{Name: "websocket_connections_active", Rule: Count}, Aggregation: AggregateSum},
+		{Name: "sessions", Series: Series{Name: "app_sessions", Labels: []exposition.Label{{Name: "kind", Value: "player"}, {Name: "region", Value: "eu"}}}, Aggregation: AggregateMax},
+		{Name: "load", Series: Series{Name: "app_sessions", Rule: NonNegative, Labels: []exposition.Label{{Name: "kind", Value: "player"}, {Name: "region", Value: "eu"}}},
+			DivideBy: &Series{Name: "app_capacity", Labels: []exposition.Label{{Name: "region", Value: "eu"}}}, Aggregation: AggregateAvg},
 	}
 	if !reflect.DeepEqual(metrics, want) {
 		t.Errorf("metrics =\n%+v\nwant\n%+v", metrics, want)
@@ -57,7 +57,7 @@ metrics:
 	// The same labelled series in two metrics is scraped once, with the
 	// stricter rule.
 	series := ScrapeSeries(metrics)
-	if len(series) != 3 || series[1].Rule != scrape.NonNegative {
+	if len(series) != 3 || series[1].Rule != NonNegative {
 		t.Errorf("ScrapeSeries = %+v", series)
 	}
 }
@@ -105,6 +105,27 @@ func TestParseMetricsConfigErrors(t *testing.T) {
 				`c.yaml:16: divideByLabels without divideBy`,
 			},
 		},
+		{
+			name: "keys given twice and values of the wrong type",
+			in: `metrics:
+- name: a
+  series: s
+  name: b
+- name: [x]
+  series: s
+  labels: [a, b]
+- name: "bad name"
+  series: s
+  labels: {a: x, a: y}
+`,
+			want: []string{
+				`c.yaml:4: mapping key "name" already defined at line 2`,
+				`c.yaml:5: want a non-empty string`,
+				`c.yaml:7: labels must be a mapping of label names to values`,
+				`c.yaml:8: name "bad name" is not a metric name`,
+				`c.yaml:10: label "a" given twice`,
+			},
+		},
 		{name: "two documents", in: "metrics: []\n---\nmetrics: []\n", want: []string{"c.yaml:2: more than one YAML document"}},
 	}
 	for _, tt := range tests {
@@ -124,9 +145,9 @@ func TestParseMetricsConfigErrors(t *testing.T) {
 
 func TestValidateMetrics(t *testing.T) {
 	errs := ValidateMetrics([]Metric{
-		{Name: "a", Series: scrape.Series{Name: "s"}, Aggregation: "sum"},
-		{Name: "a", Series: scrape.Series{}, Aggregation: "median"},
-		{Name: "b/c", Series: scrape.Series{Name: "s"}, Aggregation: "avg", DivideBy: &scrape.Series{}},
+		{Name: "a", Series: Series{Name: "s"}, Aggregation: "sum"},
+		{Name: "a", Series: Series{}, Aggregation: "median"},
+		{Name: "b/c", Series: Series{Name: "s"}, Aggregation: "avg", DivideBy: &Series{}},
 	})
 	want := []string{`"a" is given twice`, `metric "a": no series`, `unknown aggregation "median"`, `name "b/c" is not a metric name`, `divideBy has no series name`}
 	joined := ""
@@ -140,5 +161,34 @@ func TestValidateMetrics(t *testing.T) {
 	}
 	if errs := ValidateMetrics(nil); len(errs) != 1 {
 		t.Errorf("ValidateMetrics(nil) = %v, want one error", errs)
+	}
+}
+
+func TestValueRules(t *testing.T) {
+	tests := []struct {
+		name  string
+		rule  ValueRule
+		value float64
+		want  string
+	}{
+		{name: "finite accepts negative", rule: Finite, value: -1.5},
+		{name: "finite rejects NaN", rule: Finite, value: math.NaN(), want: "NaN"},
+		{name: "finite rejects -Inf", rule: Finite, value: math.Inf(-1), want: "infinite"},
+		{name: "non-negative accepts fraction", rule: NonNegative, value: 0.25},
+		{name: "non-negative rejects negative", rule: NonNegative, value: -0.25, want: "negative"},
+		{name: "count accepts zero", rule: Count, value: 0},
+		{name: "count accepts negative zero", rule: Count, value: math.Copysign(0, -1)},
+		{name: "count accepts 2^53", rule: Count, value: 1 << 53},
+		{name: "count rejects beyond 2^53", rule: Count, value: 1 << 54, want: "not an integer count"},
+		{name: "count rejects fraction", rule: Count, value: 3.5, want: "not an integer count"},
+		{name: "count rejects +Inf", rule: Count, value: math.Inf(1), want: "infinite"},
+		{name: "count rejects negative", rule: Count, value: -1, want: "negative"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.rule.Check(tc.value); got != tc.want {
+				t.Errorf("%v.Check(%v) = %q, want %q", tc.rule, tc.value, got, tc.want)
+			}
+		})
 	}
 }
