@@ -165,8 +165,38 @@ type guard struct {
 	mgr        manager.Manager
 }
 
+// guardCacheOptions returns the options of the controller's cache: every pod and Deployment of
+// the watched namespaces, without their managed fields (never read: the target is read live).
+//
+// Why the controller keeps a pod watch of its own instead of sharing the metrics provider's: the
+// two selections do not overlap enough for one watch to serve both without undoing what makes the
+// provider's cheap.
+//   - The provider watches only the pods it scrapes: those its label selector matches
+//     (wsscale.io/scrape=true by default), filtered by the API server, and only Running ones
+//     (field selector status.phase=Running), each stripped to a few hundred bytes
+//     (pods.Selection.StripPod). On 10,000 pods of which 100 are selected that is 0.58 MB of heap
+//     instead of 32.9 MB for every pod (docs/benchmarks.md).
+//   - The controller must see every pod of a guarded Deployment by the Deployment's own selector,
+//     whatever its labels and phase: a Pending or terminating pod holds a scale-down step, a pod
+//     outside the provider's selection is reported as not scraped (policy.Pod.Scraped) rather
+//     than silently missing, and a committed step is verified by the victims' disappearance. It
+//     also reads and patches fields the provider strips (the labels it writes, the
+//     pod-deletion-cost annotation, container states) through controller-runtime's client, which
+//     reads its cache.
+//
+// One shared watch would thus have to be the wider one, every pod of the namespaces in every
+// phase, unstripped: the cost the provider's narrow default removed. So there are two, each as
+// narrow as its reader allows; TestGuardCacheSeesWhatTheProviderLeavesOut checks the difference.
+func guardCacheOptions(namespace string) cache.Options {
+	opts := cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
+	if namespace != "" {
+		opts.DefaultNamespaces = map[string]cache.Config{namespace: {}}
+	}
+	return opts
+}
+
 // newGuard builds the controller's manager: its own cache of ScaleGuards, Deployments,
-// ReplicaSets and pods, leader election on a Lease, and controller-runtime's metrics and probe
+// ReplicaSets and pods (see guardCacheOptions for why it is not the provider's), leader election on a Lease, and controller-runtime's metrics and probe
 // servers off (the adapter serves its own).
 func newGuard(o *GuardOptions, restConfig *rest.Config, namespace string, pm controller.PodMetrics, reg prometheus.Registerer) (*guard, error) {
 	instruments, err := controller.NewInstruments(reg)
@@ -203,12 +233,7 @@ func newGuard(o *GuardOptions, restConfig *rest.Config, namespace string, pm con
 		RenewDeadline:                 &o.RenewDeadline,
 		RetryPeriod:                   &o.RetryPeriod,
 	}
-	// The cache holds every pod and Deployment of the watched namespaces; their managed fields
-	// are never read (the target is read live), so they are not kept.
-	opts.Cache = cache.Options{DefaultTransform: cache.TransformStripManagedFields()}
-	if namespace != "" {
-		opts.Cache.DefaultNamespaces = map[string]cache.Config{namespace: {}}
-	}
+	opts.Cache = guardCacheOptions(namespace)
 	mgr, err := manager.New(restConfig, opts)
 	if err != nil {
 		return nil, fmt.Errorf("scaleguard controller manager: %w", err)

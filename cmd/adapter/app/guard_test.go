@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/wsscale/wsscale/pkg/provider/metricsconfig"
@@ -94,5 +95,51 @@ func TestSourceMetrics(t *testing.T) {
 
 	if _, err := newSourceMetrics(src, nil, metricsconfig.DefaultMetrics()); err == nil {
 		t.Errorf("newSourceMetrics without websocket_draining: no error")
+	}
+}
+
+// TestGuardCacheSeesWhatTheProviderLeavesOut checks why the ScaleGuard controller keeps a pod
+// watch of its own (see guardCacheOptions): a Pending pod of a guarded Deployment and a running
+// pod outside the scrape selection are both left out of the provider's watch by the API server,
+// and the controller must see both.
+func TestGuardCacheSeesWhatTheProviderLeavesOut(t *testing.T) {
+	cfg, err := parse(t).Config()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-1", Labels: map[string]string{"app": "web", pods.ScrapeLabel: "true"}},
+		Status: corev1.PodStatus{Phase: corev1.PodPending}}
+	unlabelled := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "web-2", Labels: map[string]string{"app": "web"}},
+		Status: corev1.PodStatus{Phase: corev1.PodRunning, PodIP: "198.18.0.9"}}
+	watchedByProvider := func(p *corev1.Pod) bool {
+		return pods.RunningPods.Matches(fields.Set{"status.phase": string(p.Status.Phase)}) && cfg.Selection.Selector.Matches(labels.Set(p.Labels))
+	}
+	for _, p := range []*corev1.Pod{pending, unlabelled} {
+		if watchedByProvider(p) {
+			t.Errorf("pod %s is in the provider's watch; the guard could share it", p.Name)
+		}
+	}
+
+	// The controller's cache has no selector: it receives both.
+	opts := guardCacheOptions("")
+	if opts.DefaultLabelSelector != nil || opts.DefaultFieldSelector != nil {
+		t.Errorf("guard cache selects %v / %v: it would miss pods of a guarded Deployment", opts.DefaultLabelSelector, opts.DefaultFieldSelector)
+	}
+	for obj, byObject := range opts.ByObject {
+		if _, isPod := obj.(*corev1.Pod); isPod && (byObject.Label != nil || byObject.Field != nil) {
+			t.Errorf("guard cache selects pods by %v / %v: it would miss pods of a guarded Deployment", byObject.Label, byObject.Field)
+		}
+	}
+	if got := guardCacheOptions("ws").DefaultNamespaces; len(got) != 1 {
+		t.Errorf("guard cache namespaces %v, want only ws", got)
+	}
+	// What the controller makes of them: the Pending pod holds as Pending (it cannot be scraped
+	// by anyone yet), the unlabelled one is reported as not scraped.
+	sm, err := newSourceMetrics(fakeSource{}, cfg.Selection, cfg.Metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !sm.Scraped(pending) || sm.Scraped(unlabelled) {
+		t.Errorf("Scraped(pending) = %v, Scraped(unlabelled) = %v; want true, false", sm.Scraped(pending), sm.Scraped(unlabelled))
 	}
 }

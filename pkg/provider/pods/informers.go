@@ -85,10 +85,12 @@ func NewInformersForConfig(cfg *rest.Config, namespace string, selection *Select
 	return NewInformers(client, namespace, selection)
 }
 
-// runningPods is the field selector of the pod watch: only running pods can
+// RunningPods is the field selector of the pod watch: only running pods can
 // be scraped, and the API server leaves the others (pending, completed
-// Jobs) out of the watch.
-var runningPods = fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning)).String()
+// Jobs) out of the watch. (The ScaleGuard controller, which must see pending
+// pods, keeps a watch of its own for that reason: see cmd/adapter/app's
+// guardCacheOptions.)
+var RunningPods = fields.OneTermEqualSelector("status.phase", string(corev1.PodRunning))
 
 // NewInformers returns the informers of namespace ("" for all) for a
 // selection. The pod watch is filtered on the API server by the selection's
@@ -102,7 +104,7 @@ func NewInformers(client kubernetes.Interface, namespace string, selection *Sele
 		informers.WithNamespace(namespace),
 		informers.WithTransform(selection.StripPod),
 		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.LabelSelector, o.FieldSelector = labelSelector, runningPods
+			o.LabelSelector, o.FieldSelector = labelSelector, RunningPods.String()
 		}),
 	}
 	i := &Informers{
