@@ -104,6 +104,9 @@ func (c *conn) serveMessages() {
 		} else if empty {
 			continue
 		}
+		if c.badCloseAtHead() {
+			return
+		}
 		c.echoing.Add(1)
 		go c.echoMessages()
 		c.echoing.Wait()
@@ -125,7 +128,28 @@ func (c *conn) echoMessages() {
 		if c.br.Buffered() == 0 {
 			return
 		}
+		if c.badCloseAtHead() {
+			c.ended = true
+			return
+		}
 	}
+}
+
+// badCloseAtHead fails the connection with 1002 if the frame at the head of the read buffer is a
+// close frame with a 1-byte payload: RFC 6455 (5.5.1) wants any close payload to begin with a 2-byte
+// code, and gorilla reads such a frame as a close without a code and answers it as a clean close.
+// It sees close frames that arrive between messages, where the buffer holds frame boundaries;
+// one sent between the fragments of a message is still gorilla's to read.
+func (c *conn) badCloseAtHead() bool {
+	if c.br.Buffered() < 2 {
+		return false
+	}
+	hdr, _ := c.br.Peek(2)
+	if hdr[0]&0x0f != websocket.CloseMessage || hdr[1]&0x7f != 1 {
+		return false
+	}
+	c.fail(ReasonProtocolError, websocket.FormatCloseMessage(websocket.CloseProtocolError, "close frame payload of 1 byte"))
+	return true
 }
 
 // echoMessage reads one message and writes it back. It reports false once the connection has ended.
