@@ -161,7 +161,7 @@ func TestTimelineStacksAreas(t *testing.T) {
 			t.Fatalf("areas of %d and %d points, want %d", len(lower), len(upper), 2*n)
 		}
 		for j := range n {
-			top := lower[j]           // lower band's top edge, left to right
+			top := lower[j]          // lower band's top edge, left to right
 			bottom := upper[2*n-1-j] // upper band's bottom edge, right to left
 			if top != bottom {
 				t.Errorf("sample %d: %s ends at %v but %s starts at %v", j, order[i-1], top, order[i], bottom)
