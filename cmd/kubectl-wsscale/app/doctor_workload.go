@@ -291,7 +291,7 @@ func (d *doctor) checkDrainSafety(w *Workload) {
 	if grace <= need {
 		d.add(Check{Area: "drain", Object: obj, Status: Fail,
 			Evidence: fmt.Sprintf("terminationGracePeriodSeconds %d is not above the drain: %s; the kubelet kills the pod mid-drain and its last clients are cut without a close frame", int(grace.Seconds()), parts),
-			Fix:      fmt.Sprintf("set spec.template.spec.terminationGracePeriodSeconds to at least %d (the websocket-app chart derives it), or shorten DRAIN_TIMEOUT", int((need+5*time.Second).Seconds()))})
+			Fix:      fmt.Sprintf("set spec.template.spec.terminationGracePeriodSeconds to at least %d (the websocket-app chart derives it), or shorten DRAIN_TIMEOUT", int((need + 5*time.Second).Seconds()))})
 	} else {
 		d.add(Check{Area: "drain", Object: obj, Status: Pass, Evidence: fmt.Sprintf("terminationGracePeriodSeconds %d > %s", int(grace.Seconds()), parts)})
 	}
