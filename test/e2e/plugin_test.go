@@ -476,6 +476,26 @@ func TestPluginDoctor(t *testing.T) {
 		expectCheck(ctx, t, c, ns, "pods", "pods of "+ns+"/echo", checkPass, "tracks all 2 pods")
 	})
 
+	t.Run("failing scrapes", func(t *testing.T) {
+		// The pod's metrics annotation points at a port nothing listens on: the adapter's scrapes
+		// are refused, it writes ScrapeFailing on the pod, and the doctor reads it there.
+		port := func(p string) {
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{"prometheus.io/port":%q}}}`, p)
+			if _, err := client.CoreV1().Pods(ns).Patch(ctx, pods[0].Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		port("9999")
+		t.Cleanup(func() { port("9090") })
+		expectCheck(ctx, t, c, ns, "pods", "pods of "+ns+"/echo", checkFail, pods[0].Name+": scrapes failing since", "connection refused", "make /metrics answer on port 9999")
+		port("9090")
+		expectCheck(ctx, t, c, ns, "pods", "pods of "+ns+"/echo", checkPass, "tracks all 2 pods")
+		waitFor(ctx, t, time.Minute, func() (bool, string) {
+			evs, err := client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pods[0].Name + ",reason=ScrapeRecovered"})
+			return err == nil && len(evs.Items) > 0, fmt.Sprintf("no ScrapeRecovered Event on %s: %v", pods[0].Name, err)
+		})
+	})
+
 	t.Run("gateway route not accepted", func(t *testing.T) {
 		routes := dyn.Resource(httpRoutesResource).Namespace(ns)
 		route := &unstructured.Unstructured{Object: map[string]any{
