@@ -297,6 +297,11 @@ func TestPluginStatus(t *testing.T) {
 	if err != nil {
 		t.Fatalf("record wrote nothing: %v (%s)", err, result)
 	}
+	if keep := os.Getenv("WSSCALE_E2E_TIMELINE"); keep != "" { // to look at it
+		if err := os.WriteFile(keep, data, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
 	checkTimelineSVG(t, data, podNames(pods), []string{"VictimsMarked"})
 }
 

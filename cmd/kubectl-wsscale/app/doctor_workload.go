@@ -66,7 +66,12 @@ func (d *doctor) checkHPAs(ctx context.Context) error {
 			continue
 		}
 		active := findHPACondition(h, autoscalingv2.ScalingActive)
-		failed := d.lastEvent(ctx, h.Namespace, "HorizontalPodAutoscaler", h.Name, "FailedGetPodsMetric", "FailedGetObjectMetric")
+		var unread []string
+		for _, m := range metrics {
+			if !hpaReads(h, m) {
+				unread = append(unread, m)
+			}
+		}
 		switch {
 		case active == nil:
 			d.add(Check{Area: "hpa", Object: obj, Status: Warn, Evidence: "no ScalingActive condition yet: the HPA controller has not computed it", Fix: "wait for the controller's next sync (15 s by default) and run the doctor again"})
@@ -74,15 +79,33 @@ func (d *doctor) checkHPAs(ctx context.Context) error {
 			d.add(Check{Area: "hpa", Object: obj, Status: Fail,
 				Evidence: fmt.Sprintf("ScalingActive=%s %s: %s", active.Status, active.Reason, active.Message),
 				Fix:      "the HPA cannot read its metric: see the pods and metric checks (kubectl describe hpa " + h.Name + ")"})
-		case failed != nil && !eventTime(failed).Time.Before(active.LastTransitionTime.Time):
+		case len(unread) > 0:
+			// Active, but the last sync had no value for a metric: FailedGetPodsMetric says why.
+			why := "no FailedGetPodsMetric Event left to say why"
+			if e := d.lastEvent(ctx, h.Namespace, "HorizontalPodAutoscaler", h.Name, "FailedGetPodsMetric", "FailedGetObjectMetric"); e != nil {
+				why = fmt.Sprintf("%s %v ago: %s", e.Reason, d.now.Sub(eventTime(e).Time).Round(time.Second), e.Message)
+			}
 			d.add(Check{Area: "hpa", Object: obj, Status: Warn,
-				Evidence: fmt.Sprintf("ScalingActive=True, but %s %v ago: %s", failed.Reason, d.now.Sub(eventTime(failed).Time).Round(time.Second), failed.Message),
-				Fix:      "a pod the HPA selects had no value then: see the pods check"})
+				Evidence: fmt.Sprintf("ScalingActive=True, but status.currentMetrics has no value of %s; %s", strings.Join(unread, ", "), why),
+				Fix:      "a pod the HPA selects has no value: see the pods check"})
 		default:
-			d.add(Check{Area: "hpa", Object: obj, Status: Pass, Evidence: fmt.Sprintf("ScalingActive=True (%s), reads %s", active.Reason, strings.Join(metrics, ", "))})
+			d.add(Check{Area: "hpa", Object: obj, Status: Pass, Evidence: fmt.Sprintf("ScalingActive=True (%s), reads %s (status.currentMetrics)", active.Reason, strings.Join(metrics, ", "))})
 		}
 	}
 	return nil
+}
+
+// hpaReads reports whether the HPA's last sync read a value of the metric.
+func hpaReads(h *autoscalingv2.HorizontalPodAutoscaler, name string) bool {
+	for _, m := range h.Status.CurrentMetrics {
+		switch {
+		case m.Pods != nil && m.Pods.Metric.Name == name:
+			return m.Pods.Current.AverageValue != nil
+		case m.Object != nil && m.Object.Metric.Name == name:
+			return m.Object.Current.Value != nil || m.Object.Current.AverageValue != nil
+		}
+	}
+	return false
 }
 
 func findHPACondition(h *autoscalingv2.HorizontalPodAutoscaler, t autoscalingv2.HorizontalPodAutoscalerConditionType) *autoscalingv2.HorizontalPodAutoscalerCondition {
@@ -120,10 +143,13 @@ func (d *doctor) checkValues(w *Workload) {
 		return
 	}
 	obj := fmt.Sprintf("values of %s/%s", w.Namespace, w.Deployment)
-	var n int
+	var n, live int
 	var oldest time.Duration
 	for _, p := range w.Pods {
-		if p.Connections != nil {
+		if !p.Terminating {
+			live++
+		}
+		if p.Connections != nil && !p.Terminating {
 			n++
 			oldest = max(oldest, p.ValueAge.Duration)
 		}
@@ -131,12 +157,12 @@ func (d *doctor) checkValues(w *Workload) {
 	switch {
 	case len(w.Problems) > 0 && n == 0:
 		d.add(Check{Area: "metric", Object: obj, Status: Fail, Evidence: strings.Join(w.Problems, "; "), Fix: "fix the APIService and metric checks above"})
-	case n == 0 && len(w.Pods) > 0:
-		d.add(Check{Area: "metric", Object: obj, Status: Fail, Evidence: fmt.Sprintf("the per-pod query returns no value for any of the %d pods", len(w.Pods)), Fix: "see the pods check for why the adapter does not track them"})
+	case n == 0 && live > 0:
+		d.add(Check{Area: "metric", Object: obj, Status: Fail, Evidence: fmt.Sprintf("the per-pod query returns no value for any of the %d pods", live), Fix: "see the pods check for why the adapter does not track them"})
 	case n == 0:
 		d.add(Check{Area: "metric", Object: obj, Status: Warn, Evidence: "the Deployment has no pods"})
 	default:
-		d.add(Check{Area: "metric", Object: obj, Status: Pass, Evidence: fmt.Sprintf("%d of %d pods have a value; the oldest is %v old", n, len(w.Pods), oldest)})
+		d.add(Check{Area: "metric", Object: obj, Status: Pass, Evidence: fmt.Sprintf("%d of %d pods have a value; the oldest is %v old", n, live, oldest)})
 	}
 }
 
@@ -154,6 +180,7 @@ func (d *doctor) checkUntracked(ctx context.Context, w *Workload) {
 	obj := fmt.Sprintf("pods of %s/%s", w.Namespace, w.Deployment)
 	var bad []string
 	var fixes []string
+	live := 0
 	status := Pass
 	worse := func(s string) {
 		if s == Fail || status == Pass {
@@ -162,6 +189,9 @@ func (d *doctor) checkUntracked(ctx context.Context, w *Workload) {
 	}
 	for i, p := range w.Pods {
 		pod := &w.pods[i]
+		if !p.Terminating {
+			live++
+		}
 		if p.Connections != nil || p.Terminating {
 			continue
 		}
@@ -189,11 +219,11 @@ func (d *doctor) checkUntracked(ctx context.Context, w *Workload) {
 		}
 	}
 	if len(bad) == 0 {
-		d.add(Check{Area: "pods", Object: obj, Status: Pass, Evidence: fmt.Sprintf("the adapter tracks all %d pods the HPA selects", len(w.Pods))})
+		d.add(Check{Area: "pods", Object: obj, Status: Pass, Evidence: fmt.Sprintf("the adapter tracks all %d pods the HPA selects", live)})
 		return
 	}
 	d.add(Check{Area: "pods", Object: obj, Status: status,
-		Evidence: fmt.Sprintf("%d of %d pods the HPA selects have no value: %s", len(bad), len(w.Pods), strings.Join(bad, "; ")),
+		Evidence: fmt.Sprintf("%d of %d pods the HPA selects have no value: %s", len(bad), live, strings.Join(bad, "; ")),
 		Fix:      strings.Join(unique(fixes), "; ")})
 }
 
