@@ -43,11 +43,11 @@ type Marker struct {
 
 // Plot geometry, in SVG user units.
 const (
-	plotWidth    = 1100
+	plotWidth    = 1200
 	plotHeight   = 560
 	marginLeft   = 70
-	marginRight  = 190 // replica axis and the pod labels
-	marginTop    = 92
+	marginRight  = 270 // replica axis and the pod list
+	marginTop    = 110
 	marginBottom = 50
 )
 
@@ -199,9 +199,15 @@ func (t *Timeline) WriteSVG(w io.Writer) error {
 	last := t.Samples[len(t.Samples)-1]
 	fmt.Fprintf(&b, `<text x="%.1f" y="%.1f" font-weight="bold" text-anchor="end">replicas %d</text>`+"\n", marginLeft+pw-4, yr(float64(last.Replicas))-6, last.Replicas)
 
-	// Markers.
+	// Markers: each label goes on the lowest of the rows above the plot where it does not overlap
+	// the one before it.
 	b.WriteString(`<g class="markers">` + "\n")
-	for i, m := range t.Markers {
+	const rows = 4
+	var rowEnd [rows]float64
+	for i := range rowEnd {
+		rowEnd[i] = math.Inf(-1)
+	}
+	for _, m := range t.Markers {
 		if m.Time.Before(start) || m.Time.After(end) {
 			continue
 		}
@@ -210,9 +216,15 @@ func (t *Timeline) WriteSVG(w io.Writer) error {
 			color = "#1a237e"
 		}
 		mx := x(m.Time)
-		ty := marginTop - 6 - float64(i%2)*12
-		fmt.Fprintf(&b, `<g class="event" data-kind="%s" data-reason="%s"><line x1="%.1f" x2="%.1f" y1="%d" y2="%.1f" stroke="%s" stroke-width="1.5" stroke-dasharray="5,3"/><circle cx="%.1f" cy="%d" r="4" fill="%s"/><text x="%.1f" y="%.1f" fill="%s" text-anchor="middle" font-size="11">%s</text><title>%s %s: %s</title></g>`+"\n",
-			esc(m.Kind), esc(m.Label), mx, mx, marginTop, marginTop+ph, color, mx, marginTop, color, mx, ty, color, esc(m.Label),
+		half := textWidth(m.Label) / 2
+		row := 0
+		for row < rows-1 && rowEnd[row] > mx-half {
+			row++
+		}
+		rowEnd[row] = mx + half + 4
+		ty := float64(marginTop) - 8 - float64(row)*13
+		fmt.Fprintf(&b, `<g class="event" data-kind="%s" data-reason="%s"><line x1="%.1f" x2="%.1f" y1="%.1f" y2="%.1f" stroke="%s" stroke-width="1.5" stroke-dasharray="5,3"/><circle cx="%.1f" cy="%d" r="4" fill="%s"/><text x="%.1f" y="%.1f" fill="%s" text-anchor="middle" font-size="11">%s</text><title>%s %s: %s</title></g>`+"\n",
+			esc(m.Kind), esc(m.Label), mx, mx, ty+3, marginTop+ph, color, mx, marginTop, color, mx, ty, color, esc(m.Label),
 			m.Time.UTC().Format("15:04:05"), esc(m.Label), esc(m.Detail))
 	}
 	b.WriteString("</g>\n")
@@ -222,8 +234,10 @@ func (t *Timeline) WriteSVG(w io.Writer) error {
 	b.WriteString(`<g class="labels">` + "\n")
 	for _, l := range labels {
 		if l.size >= 14 {
-			fmt.Fprintf(&b, `<text class="pod-label" data-pod="%s" x="%.1f" y="%.1f" text-anchor="%s" dominant-baseline="middle" fill="#000" font-weight="bold">%s</text>`+"\n",
-				esc(l.pod), clamp(l.x, marginLeft+60, marginLeft+pw-60), l.y, "middle", esc(shortPod(l.pod)))
+			name := shortPod(l.pod)
+			w := textWidth(name)
+			fmt.Fprintf(&b, `<text class="pod-label" data-pod="%s" x="%.1f" y="%.1f" dominant-baseline="middle" fill="#000" font-weight="bold">%s</text>`+"\n",
+				esc(l.pod), clamp(l.x-w/2, marginLeft+6, marginLeft+pw-w-6), l.y, esc(name))
 		}
 	}
 	for i := range labels {
@@ -257,14 +271,17 @@ func (t *Timeline) WriteHTML(w io.Writer) error {
 
 func esc(s string) string { return html.EscapeString(s) }
 
-// shortPod drops the Deployment's name from a pod's name when the rest still tells them apart:
-// the ReplicaSet hash and the pod suffix.
+// shortPod keeps the end of a long pod name: the ReplicaSet hash and the pod suffix tell pods
+// apart.
 func shortPod(p string) string {
-	if len(p) <= 24 {
+	if len(p) <= 28 {
 		return p
 	}
-	return "…" + p[len(p)-22:]
+	return "…" + p[len(p)-26:]
 }
+
+// textWidth estimates the width of s at the picture's 12-unit font (bold labels included).
+func textWidth(s string) float64 { return 7.2 * float64(len([]rune(s))) }
 
 func clamp(v, lo, hi float64) float64 { return math.Max(lo, math.Min(hi, v)) }
 

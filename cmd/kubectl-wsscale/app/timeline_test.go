@@ -105,6 +105,8 @@ func sampleTimeline() *Timeline {
 	tl.Markers = []Marker{
 		{Time: start.Add(15 * time.Second), Kind: "drain", Label: "VictimsMarked", Detail: "scale-down 4→3: draining echo-7d9f-ccccc"},
 		{Time: start.Add(25 * time.Second), Kind: "scale", Label: "Committed", Detail: "4→3"},
+		{Time: start.Add(25500 * time.Millisecond), Kind: "scale", Label: "ScalingReplicaSet", Detail: "Scaled down replica set echo-7d9f to 3"},
+		{Time: start.Add(26 * time.Second), Kind: "scale", Label: "StepComplete", Detail: "4→3"},
 		{Time: start.Add(30 * time.Second), Kind: "drain", Label: "VictimsMarked", Detail: "scale-down 3→2"},
 		{Time: start.Add(40 * time.Second), Kind: "scale", Label: "Committed", Detail: "3→2"},
 		{Time: start.Add(time.Hour), Kind: "scale", Label: "Outside", Detail: "after the recording: not drawn"},
