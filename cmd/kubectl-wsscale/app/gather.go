@@ -410,6 +410,10 @@ func nextScaleDown(w *Workload, target policy.Target, pods []policy.Pod, now tim
 		in.Status.AppliedReplicas = &target.Replicas
 	}
 	d := policy.Decide(in)
+	atMin := ""
+	if w.hpa != nil && w.hpa.Spec.MinReplicas != nil && *w.hpa.Spec.MinReplicas >= target.Replicas {
+		atMin = fmt.Sprintf("; the HPA's minReplicas %d allows none now", *w.hpa.Spec.MinReplicas)
+	}
 	if len(d.Mark) > 0 {
 		var names []string
 		byName := map[string]int64{}
@@ -425,7 +429,7 @@ func nextScaleDown(w *Workload, target policy.Target, pods []policy.Pod, now tim
 		if w.guard == nil {
 			why = "no ScaleGuard: the ReplicaSet picks by its own ranking, whatever the connections; a ScaleGuard would drain this one first"
 		}
-		return &NextScaleDown{Victims: names, Why: why}
+		return &NextScaleDown{Victims: names, Why: why + atMin}
 	}
 	if c := meta.FindStatusCondition(d.Status.Conditions, v1alpha1.ConditionScaleDownBlocked); c != nil && c.Status == metav1.ConditionTrue {
 		return &NextScaleDown{Why: c.Message, Blocked: c.Reason}

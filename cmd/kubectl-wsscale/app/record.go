@@ -136,11 +136,12 @@ func (o *RecordOptions) Run(ctx context.Context, args []string) error {
 	tick := time.NewTicker(o.Interval)
 	defer tick.Stop()
 	for {
-		s, err := o.sample(ctx, c, g)
+		s, latest, err := o.sample(ctx, c, g)
 		if err != nil && ctx.Err() == nil {
 			fmt.Fprintf(o.streams.ErrOut, "sample: %v\n", err)
 		} else if err == nil {
 			tl.Samples = append(tl.Samples, s)
+			w = latest // an HPA created during the recording has its Events drawn too
 		}
 		if time.Since(start) >= o.Duration || ctx.Err() != nil {
 			break
@@ -168,13 +169,13 @@ func (o *RecordOptions) Run(ctx context.Context, args []string) error {
 }
 
 // sample reads the workload once.
-func (o *RecordOptions) sample(ctx context.Context, c *clients, g gatherOptions) (Sample, error) {
+func (o *RecordOptions) sample(ctx context.Context, c *clients, g gatherOptions) (Sample, *Workload, error) {
 	ws, err := gather(ctx, c, g)
 	if err != nil {
-		return Sample{}, err
+		return Sample{}, nil, err
 	}
 	if len(ws) != 1 {
-		return Sample{}, fmt.Errorf("workload %s: found %d", g.target, len(ws))
+		return Sample{}, nil, fmt.Errorf("workload %s: found %d", g.target, len(ws))
 	}
 	w := ws[0]
 	s := Sample{Time: time.Now(), Connections: map[string]int64{}, Draining: map[string]bool{}, Ready: w.Ready}
@@ -189,7 +190,7 @@ func (o *RecordOptions) sample(ctx context.Context, c *clients, g gatherOptions)
 			s.Draining[p.Name] = true
 		}
 	}
-	return s, nil
+	return s, w, nil
 }
 
 // markers lists the scale and drain Events of the workload's HPA, ScaleGuard and Deployment

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -53,6 +54,7 @@ func TestNextScaleDown(t *testing.T) {
 		target      policy.Target
 		victim, why string
 		blocked     string
+		hpaMin      int32
 	}{
 		{name: "least connected", guard: guardWith(50, 0), pods: facts(30, 12, 0), target: target, victim: "c (0 connections)", why: "least connected"},
 		{name: "tie goes to the youngest", guard: guardWith(0, 0), pods: func() []policy.Pod {
@@ -63,6 +65,7 @@ func TestNextScaleDown(t *testing.T) {
 		{name: "no value", guard: guardWith(0, 0), pods: facts(30, -1, 0), target: target, blocked: v1alpha1.ReasonMetricsUnavailable, why: "no fresh connection count for b"},
 		{name: "budget used up", guard: guardWith(50, 45), pods: facts(30, 12, 8), target: target, blocked: v1alpha1.ReasonBudgetExhausted, why: "45 of 50 disconnects used"},
 		{name: "without a guard", pods: facts(30, 12, 0), target: target, victim: "c (0 connections)", why: "the ReplicaSet picks by its own ranking"},
+		{name: "at the HPA's minimum", hpaMin: 3, guard: guardWith(0, 0), pods: facts(30, 12, 0), target: target, victim: "c (0 connections)", why: "the HPA's minReplicas 3 allows none now"},
 		{name: "one replica", pods: facts(3), target: func() policy.Target { t := target; t.Replicas = 1; return t }(), blocked: "MinimumReached"},
 		{name: "step in progress", guard: func() *v1alpha1.ScaleGuard {
 			g := guardWith(0, 0)
@@ -72,6 +75,9 @@ func TestNextScaleDown(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w := &Workload{Deployment: "echo", guard: tc.guard}
+			if tc.hpaMin > 0 {
+				w.hpa = &autoscalingv2.HorizontalPodAutoscaler{Spec: autoscalingv2.HorizontalPodAutoscalerSpec{MinReplicas: ptr.To(tc.hpaMin)}}
+			}
 			n := nextScaleDown(w, tc.target, tc.pods, now)
 			if tc.victim != "" && (len(n.Victims) != 1 || n.Victims[0] != tc.victim) {
 				t.Errorf("victims %v (%s), want [%s]", n.Victims, n.Why, tc.victim)
