@@ -208,14 +208,16 @@ func (t *Timeline) WriteSVG(w io.Writer) error {
 		rowEnd[i] = math.Inf(-1)
 	}
 	for _, m := range t.Markers {
-		if m.Time.Before(start) || m.Time.After(end) {
+		// Event times are whole seconds (core/v1 lastTimestamp): one that rounds down to just
+		// before the first sample is drawn at the start.
+		if m.Time.Before(start.Add(-time.Second)) || m.Time.After(end) {
 			continue
 		}
 		color := "#b00020"
 		if m.Kind == "scale" {
 			color = "#1a237e"
 		}
-		mx := x(m.Time)
+		mx := x(maxTime(m.Time, start))
 		half := textWidth(m.Label) / 2
 		row := 0
 		for row < rows-1 && rowEnd[row] > mx-half {
@@ -278,6 +280,13 @@ func shortPod(p string) string {
 		return p
 	}
 	return "…" + p[len(p)-26:]
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // textWidth estimates the width of s at the picture's 12-unit font (bold labels included).

@@ -103,6 +103,8 @@ func sampleTimeline() *Timeline {
 		tl.Samples = append(tl.Samples, s)
 	}
 	tl.Markers = []Marker{
+		{Time: start.Add(-500 * time.Millisecond), Kind: "scale", Label: "SuccessfulRescale", Detail: "New size: 3 (an Event time rounded down to the second)"},
+		{Time: start.Add(-3 * time.Second), Kind: "scale", Label: "Before", Detail: "before the recording: not drawn"},
 		{Time: start.Add(15 * time.Second), Kind: "drain", Label: "VictimsMarked", Detail: "scale-down 4→3: draining echo-7d9f-ccccc"},
 		{Time: start.Add(25 * time.Second), Kind: "scale", Label: "Committed", Detail: "4→3"},
 		{Time: start.Add(25500 * time.Millisecond), Kind: "scale", Label: "ScalingReplicaSet", Detail: "Scaled down replica set echo-7d9f to 3"},
@@ -141,8 +143,8 @@ func TestTimelineSVGHasEverySeriesAndMarker(t *testing.T) {
 	if got := strings.Count(s.replicas, "H"); got != 9 || !strings.HasPrefix(s.replicas, "M") {
 		t.Errorf("replica step line %q: want M then 9 H/V steps", s.replicas)
 	}
-	if s.events["VictimsMarked"] != 2 || s.events["Committed"] != 2 || s.events["Outside"] != 0 {
-		t.Errorf("event markers %v, want 2 VictimsMarked and 2 Committed (none outside the recording)", s.events)
+	if s.events["VictimsMarked"] != 2 || s.events["Committed"] != 2 || s.events["SuccessfulRescale"] != 1 || s.events["Outside"] != 0 || s.events["Before"] != 0 {
+		t.Errorf("event markers %v, want 2 VictimsMarked, 2 Committed, the SuccessfulRescale of the first second, none outside the recording", s.events)
 	}
 }
 
