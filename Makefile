@@ -28,6 +28,11 @@ build-binary:
 	@test -n "$(BINARY)" -a -d cmd/$(BINARY) || { echo "BINARY must name a directory of cmd/ (adapter, echo)"; exit 1; }
 	$(GO_BUILD_ENV) $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/$(BINARY) ./cmd/$(BINARY)
 
+## kubectl-wsscale: the kubectl plugin alone into $(BIN)/; on PATH, kubectl runs it as `kubectl wsscale`.
+.PHONY: kubectl-wsscale
+kubectl-wsscale:
+	$(GO_BUILD_ENV) $(GO) build $(GO_BUILD_FLAGS) -ldflags "$(GO_LDFLAGS)" -o $(BIN)/kubectl-wsscale ./cmd/kubectl-wsscale
+
 ## demo: the README's main command.
 demo:
 	hack/demo.sh

@@ -18,6 +18,7 @@ kubeconfig=.local/kubeconfig
 
 make --no-print-directory cluster-up
 go build -o bin/wsecho ./cmd/echo
+go build -o bin/kubectl-wsscale ./cmd/kubectl-wsscale
 kubectl=.local/bin/kubectl # pinned with the control plane, built by cluster-up
 k() { "$kubectl" --kubeconfig "$kubeconfig" "$@"; }
 
@@ -97,6 +98,8 @@ k -n "$ns" wait --for=jsonpath='{.spec.replicas}'=4 scaleguard/echo --timeout=90
 # readiness, deletion cost, node and age, never by clients.
 read -r guard_cut blind_avg blind_worst < <(pod_values | sort -k2 -n | awk '{v[NR]=$2; s+=$2} END{print v[1]+v[2], int(s/2), v[3]+v[4]}')
 
+bin/kubectl-wsscale --kubeconfig "$kubeconfig" -n "$ns" record echo --duration 10m -o .local/demo-timeline.svg >/dev/null &
+record=$!
 echo "== the HPA (hack/demo/hpa.yaml) targets the ScaleGuard: 700 connections per pod on average asks for 2 pods"
 k apply -f hack/demo/hpa.yaml
 last=""
@@ -113,6 +116,7 @@ sleep 8 # the cut clients reconnect to the remaining pods (jittered back-off)
 echo "== after the scale-down: the clients that were cut have reconnected to the pods that stay"
 show_pods
 
+kill -INT "$record" && wait "$record" && echo "== the scale-down as a picture (kubectl wsscale record): .local/demo-timeline.svg"
 kill -TERM $(jobs -p) 2>/dev/null || true
 wait || true
 trap - EXIT
@@ -135,6 +139,7 @@ The cluster keeps running. Try:
   $kubectl --kubeconfig $kubeconfig -n $ns get scaleguards
   $kubectl --kubeconfig $kubeconfig -n $ns scale scaleguard/echo --replicas=3
   $kubectl --kubeconfig $kubeconfig -n $ns describe scaleguard echo
+  bin/kubectl-wsscale --kubeconfig $kubeconfig -n $ns status    (or doctor; on PATH: kubectl wsscale)
   ./bin/wsecho load --url ws://127.0.0.1:$node_port/ws -c 100 -d 30s
 Stop it with: make cluster-down
 MSG

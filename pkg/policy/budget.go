@@ -13,6 +13,9 @@ import (
 // window when the API's default did not apply (an object decoded without defaulting).
 const defaultWindow = 10 * time.Minute
 
+// Window returns the budget's rolling window (the API's default when it is unset).
+func Window(b *v1alpha1.DisconnectBudget) time.Duration { return window(b) }
+
 // window returns the budget's rolling window.
 func window(b *v1alpha1.DisconnectBudget) time.Duration {
 	if b == nil || b.Window == nil || b.Window.Duration <= 0 {

@@ -333,6 +333,7 @@ func installAdapter(ctx context.Context, t *testing.T, client kubernetes.Interfa
 			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"apps"}, Resources: []string{"replicasets"}, Verbs: []string{"get", "list", "watch"}},
 			{APIGroups: []string{"apiregistration.k8s.io"}, Resources: []string{"apiservices"}, Verbs: []string{"get"}},
+			{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 		},
 	}, metav1.CreateOptions{}))
 	for name, role := range map[string]string{adapterName: adapterName, adapterName + ":auth-delegator": "system:auth-delegator"} {

@@ -12,8 +12,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	apimetrics "k8s.io/apiserver/pkg/endpoints/metrics"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/events"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 	"k8s.io/utils/clock"
@@ -23,6 +29,7 @@ import (
 	"github.com/wsscale/wsscale/pkg/provider/promsource"
 	"github.com/wsscale/wsscale/pkg/provider/scrape"
 	"github.com/wsscale/wsscale/pkg/provider/store"
+	"github.com/wsscale/wsscale/pkg/scrapeevents"
 	"github.com/wsscale/wsscale/pkg/version"
 )
 
@@ -36,8 +43,9 @@ type Adapter struct {
 	// API server (requests, Go runtime, process).
 	metrics prometheus.Gatherer
 	dynamic dynamic.Interface
-	owner   string // NAMESPACE/NAME of our Service, "" when unknown
-	guard   *guard // nil with --scale-guard=false
+	owner   string                  // NAMESPACE/NAME of our Service, "" when unknown
+	guard   *guard                  // nil with --scale-guard=false
+	events  events.EventBroadcaster // nil with --scrape-events=false
 }
 
 // serviceAccountNamespaceFile holds the pod's namespace when in a cluster.
@@ -85,7 +93,13 @@ func (c *Config) Complete() (*Adapter, error) {
 		}
 	default:
 		store := store.New(c.Metrics, c.StaleAfter, clock.RealClock{}, instruments)
-		if a.scraper, err = scrape.New(c.Scrape, store); err != nil {
+		var sink scrape.Sink = store
+		if c.ScrapeEvents {
+			if sink, err = a.scrapeEvents(restConfig, store); err != nil {
+				return nil, err
+			}
+		}
+		if a.scraper, err = scrape.New(c.Scrape, sink); err != nil {
 			return nil, err
 		}
 		source, a.store = store, store
@@ -201,6 +215,12 @@ func (a *Adapter) Run(ctx context.Context) error {
 	klog.InfoS("Pod and ReplicaSet caches synced")
 	checkAPIServices(ctx, a.dynamic, a.owner)
 
+	if a.events != nil {
+		if err := a.events.StartRecordingToSinkWithContext(ctx); err != nil {
+			return stop(fmt.Errorf("start recording Events: %w", err))
+		}
+		defer a.events.Shutdown()
+	}
 	if a.scraper != nil {
 		a.store.BeginFirstRound()
 		go func() {
@@ -222,4 +242,24 @@ func (a *Adapter) Run(ctx context.Context) error {
 	case err := <-serverErr:
 		return err
 	}
+}
+
+// scrapeEvents puts the Events of failing and recovered scrapes in front of the store: a user's
+// kubectl can read them on the pod, unlike the adapter's own metrics.
+func (a *Adapter) scrapeEvents(restConfig *rest.Config, store scrape.Sink) (scrape.Sink, error) {
+	kube, err := kubernetes.NewForConfig(restConfig)
+	if err != nil {
+		return nil, err
+	}
+	a.events = events.NewBroadcaster(&events.EventSinkImpl{Interface: kube.EventsV1()})
+	cfg := scrapeevents.DefaultConfig()
+	pods := a.informers.Pods()
+	cfg.Pod = func(key scrape.PodKey) runtime.Object {
+		obj, ok, err := pods.GetByKey(key.String())
+		if p, isPod := obj.(*corev1.Pod); ok && err == nil && isPod && p != nil {
+			return p
+		}
+		return nil
+	}
+	return scrapeevents.New(store, a.events.NewRecorder(clientgoscheme.Scheme, "wsscale.io/adapter"), cfg), nil
 }

@@ -39,6 +39,8 @@ type Options struct {
 	ScrapeTimeout     time.Duration
 	StaleAfter        time.Duration
 	ScrapeConcurrency int
+	// ScrapeEvents writes an Event on a pod when its scrapes start failing and when they recover.
+	ScrapeEvents      bool
 	MaxBodyBytes      int64
 	DisableKeepAlives bool
 
@@ -69,6 +71,7 @@ func NewOptions() *Options {
 		Source:                   SourceScrape,
 		ScrapeInterval:           scrape.DefaultInterval,
 		ScrapeConcurrency:        scrape.DefaultConcurrency,
+		ScrapeEvents:             true,
 		MaxBodyBytes:             scrape.DefaultMaxBodyBytes,
 		PodSelector:              pods.DefaultPodSelector,
 		MetricsPortName:          pods.DefaultMetricsPortName,
@@ -91,6 +94,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.StaleAfter, "stale-after", o.StaleAfter, "Age beyond which a value is not served (0: twice --scrape-interval; with --source=prometheus 2m, two scrapes of a Prometheus that scrapes every minute).")
 	fs.IntVar(&o.ScrapeConcurrency, "scrape-concurrency", o.ScrapeConcurrency, "Scrapes in flight at most.")
 	fs.Int64Var(&o.MaxBodyBytes, "scrape-max-body-bytes", o.MaxBodyBytes, "Largest metrics response accepted; a larger one fails the scrape.")
+	fs.BoolVar(&o.ScrapeEvents, "scrape-events", o.ScrapeEvents, "Write an Event on a pod (ScrapeFailing with the reason, ScrapeRecovered) when its scrapes start failing and when they recover, so that kubectl describe pod and kubectl wsscale doctor show why a pod has no value; needs create and patch on events.events.k8s.io.")
 	fs.BoolVar(&o.DisableKeepAlives, "scrape-disable-keep-alives", o.DisableKeepAlives, "Open a connection per scrape instead of keeping one per pod (less memory, more CPU).")
 	fs.StringVar(&o.PodSelector, "pod-selector", o.PodSelector, "Label selector of the pods to track, e.g. 'app=echo' or 'tier in (ws,edge)'; applied by the API server to the watch. Empty tracks every running pod (with --require-scrape-annotation: every pod annotated prometheus.io/scrape=\"true\").")
 	fs.BoolVar(&o.RequireScrapeAnnotation, "require-scrape-annotation", o.RequireScrapeAnnotation, "Also require the annotation prometheus.io/scrape=\"true\" (checked by the adapter, not the API server: every pod the selector matches is still watched; ignored with --source=prometheus, where Prometheus decides what it scrapes).")
@@ -239,6 +243,8 @@ type Config struct {
 	// APIServiceOwner is NAMESPACE/NAME of the Service that fronts the
 	// adapter; "" means wsscale-adapter in the pod's namespace.
 	APIServiceOwner string
+	// ScrapeEvents writes an Event on a pod when its scrapes start failing and when they recover.
+	ScrapeEvents bool
 	// Server is the custom metrics API server scaffolding, as the flags
 	// configured it; Complete builds the clients and the server from it.
 	Server *basecmd.AdapterBase
@@ -279,6 +285,7 @@ func (o *Options) Config() (*Config, error) {
 		Guard:              *o.Guard,
 		MetricsBindAddress: o.MetricsBindAddress,
 		APIServiceOwner:    o.APIServiceOwner,
+		ScrapeEvents:       o.ScrapeEvents,
 		Server:             o.Base,
 	}, nil
 }
