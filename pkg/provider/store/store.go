@@ -44,7 +44,6 @@ type Store struct {
 	staleAfter time.Duration
 	clock      clock.PassiveClock
 	observer   ScrapeObserver
-	transition func(Transition) // nil: no hook
 
 	mu   sync.RWMutex
 	pods map[scrape.PodKey]*podValues
@@ -67,47 +66,6 @@ type podValues struct {
 	problems []scrape.Reason
 	// hadValue: a scrape succeeded since the pod's containers last started.
 	hadValue bool
-	// reason is why the last scrape failed; "" after a successful one.
-	reason scrape.Reason
-}
-
-// ScrapeState is the outcome of a tracked pod's last scrape.
-type ScrapeState string
-
-// The scrape states.
-const (
-	// StatePending: the pod was not scraped yet.
-	StatePending ScrapeState = "pending"
-	// StateOK: the last scrape succeeded (some metrics may still lack a
-	// series: see MetricStats).
-	StateOK ScrapeState = "ok"
-	// StateFailed: the last scrape failed as a whole.
-	StateFailed ScrapeState = "failed"
-)
-
-// Transition is a change of a tracked pod's scrape state: its first
-// successful or failed scrape, a success after failures, a failure after
-// successes, or a failure for another reason than the one before.
-type Transition struct {
-	// Pod is the pod whose state changed.
-	Pod scrape.PodKey
-	// Time is when the scrape that changed it started.
-	Time time.Time
-	// From and To are the states before and after.
-	From, To ScrapeState
-	// Reason and Err say why the scrape failed, when To is StateFailed.
-	Reason scrape.Reason
-	Err    error
-}
-
-func (p *podValues) state() ScrapeState {
-	switch {
-	case p.time.IsZero():
-		return StatePending
-	case p.values == nil:
-		return StateFailed
-	}
-	return StateOK
 }
 
 var _ scrape.Sink = (*Store)(nil)
@@ -131,14 +89,6 @@ func New(metrics []metricsconfig.Metric, staleAfter time.Duration, clk clock.Pas
 		pods:       map[scrape.PodKey]*podValues{},
 	}
 }
-
-// OnTransition sets a hook told about every change of a tracked pod's scrape
-// state, e.g. to record a Kubernetes Event on the pod. It is called after the
-// Store has recorded the scrape, without holding its lock, on the scraper's
-// goroutine of that pod: calls for one pod never overlap and follow the
-// scrape order, so the hook must return quickly (queue slow work). A pod that
-// is deleted has no further transition. Set it before scraping begins.
-func (s *Store) OnTransition(hook func(Transition)) { s.transition = hook }
 
 // Add starts tracking a pod; it has no value until it is scraped.
 func (s *Store) Add(key scrape.PodKey) {
@@ -219,20 +169,12 @@ func (s *Store) Observe(key scrape.PodKey, sample scrape.Sample) {
 	for m, n := range s.plan.Numerator {
 		values[m], problems[m] = seriesQuotient(sample.Values, n, s.plan.Divisor[m])
 	}
-	var t *Transition
 	s.mu.Lock()
 	if p, ok := s.pods[key]; ok {
-		from := p.state()
-		p.time, p.values, p.problems, p.hadValue, p.reason = sample.Time, values, problems, true, ""
-		if from != StateOK && s.transition != nil {
-			t = &Transition{Pod: key, Time: sample.Time, From: from, To: StateOK}
-		}
+		p.time, p.values, p.problems, p.hadValue = sample.Time, values, problems, true
 	}
 	s.scrapedLocked(key)
 	s.mu.Unlock()
-	if t != nil {
-		s.transition(*t)
-	}
 }
 
 // seriesQuotient computes one metric from the series of a scrape: the
@@ -262,20 +204,12 @@ func (s *Store) Fail(key scrape.PodKey, failure scrape.Failure) {
 	if s.observer != nil {
 		s.observer.ObserveScrape(failure.Duration, failure.Reason)
 	}
-	var t *Transition
 	s.mu.Lock()
 	if p, ok := s.pods[key]; ok {
-		from, before := p.state(), p.reason
-		p.time, p.values, p.problems, p.reason = failure.Time, nil, nil, failure.Reason
-		if (from != StateFailed || before != failure.Reason) && s.transition != nil {
-			t = &Transition{Pod: key, Time: failure.Time, From: from, To: StateFailed, Reason: failure.Reason, Err: failure.Err}
-		}
+		p.time, p.values, p.problems = failure.Time, nil, nil
 	}
 	s.scrapedLocked(key)
 	s.mu.Unlock()
-	if t != nil {
-		s.transition(*t)
-	}
 }
 
 // Lookup returns the value of metric (an index into the served metrics) for

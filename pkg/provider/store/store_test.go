@@ -3,8 +3,6 @@ package store
 import (
 	"context"
 	"errors"
-	"fmt"
-	"strings"
 	"testing"
 	"time"
 
@@ -158,37 +156,3 @@ func TestStoreStats(t *testing.T) {
 }
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-
-// TestTransitions follows one pod through its scrape states and checks that
-// the hook hears of each change once, and of nothing else.
-func TestTransitions(t *testing.T) {
-	a := scrape.PodKey{Namespace: "ns", Name: "a"}
-	s := New(metricsconfig.DefaultMetrics(), time.Minute, testingclock.NewFakePassiveClock(t0), nil)
-	var got []string
-	s.OnTransition(func(tr Transition) {
-		got = append(got, fmt.Sprintf("%s %s->%s %s", tr.Pod, tr.From, tr.To, tr.Reason))
-	})
-	timeout := scrape.Failure{Time: t0, Reason: scrape.ReasonTimeout, Err: errors.New("deadline")}
-	s.Add(a)
-	s.Fail(a, timeout)                                                   // pending -> failed
-	s.Fail(a, timeout)                                                   // same reason: nothing
-	s.Fail(a, scrape.Failure{Time: t0, Reason: scrape.ReasonHTTPStatus}) // another reason
-	s.Observe(a, sample(t0, 1, 2))                                       // failed -> ok
-	s.Observe(a, sample(t0, 3, 2))                                       // ok again: nothing
-	s.Fail(a, scrape.Failure{Time: t0, Reason: scrape.ReasonConnection}) // ok -> failed
-	s.Delete(a)
-	s.Observe(a, sample(t0, 1, 2)) // untracked: nothing
-	b := scrape.PodKey{Namespace: "ns", Name: "b"}
-	s.Add(b)
-	s.Observe(b, sample(t0, 1, 2)) // pending -> ok
-	want := []string{
-		"ns/a pending->failed timeout",
-		"ns/a failed->failed http_status",
-		"ns/a failed->ok ",
-		"ns/a ok->failed connection",
-		"ns/b pending->ok ",
-	}
-	if strings.Join(got, "\n") != strings.Join(want, "\n") {
-		t.Errorf("transitions:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
-	}
-}
