@@ -40,9 +40,10 @@ import (
 )
 
 const (
-	traefikManifest = "deploy/traefik/traefik.yaml"
-	traefikNS       = "traefik"
-	traefikSelector = "app.kubernetes.io/name=traefik"
+	traefikManifest        = "deploy/traefik/traefik.yaml"
+	traefikGatewayManifest = "deploy/traefik/gateway.yaml"
+	traefikNS              = "traefik"
+	traefikSelector        = "app.kubernetes.io/name=traefik"
 	// appPingInterval is the chart's PING_INTERVAL: the server pings every client this often.
 	appPingInterval = 30 * time.Second
 	// idleHold is how long an idle WebSocket must survive the proxy: more than three ping intervals,
@@ -72,7 +73,7 @@ var (
 	traefikInstalled *traefikInstall
 )
 
-// installTraefik installs Traefik as deploy/traefik/traefik.yaml describes it, with the CRDs of its
+// installTraefik installs Traefik as deploy/traefik describes it (with its GatewayClass and Gateway), with the CRDs of its
 // own version (from the pinned module, copied by hack/build-tools.sh) and the Gateway API standard
 // channel (shared/crds), once per test binary, and waits until both replicas serve.
 func installTraefik(ctx context.Context, t *testing.T, c *localcluster.Cluster) *traefikInstall {
@@ -100,21 +101,23 @@ func installTraefik(ctx context.Context, t *testing.T, c *localcluster.Cluster) 
 	d.installCRDs(ctx, gw, data)
 	d.resetMapper()
 
-	data, err = os.ReadFile(filepath.Join(root, traefikManifest))
-	if err != nil {
-		t.Fatal(err)
-	}
-	objs, err := decodeObjects(data)
-	if err != nil {
-		t.Fatalf("%s: %v", traefikManifest, err)
-	}
-	for _, obj := range objs {
-		res, err := d.resource(obj, obj.GetNamespace())
-		if err == nil {
-			err = d.apply(ctx, res, obj, nil)
-		}
+	for _, file := range []string{traefikManifest, traefikGatewayManifest} {
+		data, err := os.ReadFile(filepath.Join(root, file))
 		if err != nil {
-			t.Fatalf("%s: apply %s %s: %v", traefikManifest, obj.GetKind(), obj.GetName(), err)
+			t.Fatal(err)
+		}
+		objs, err := decodeObjects(data)
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		for _, obj := range objs {
+			res, err := d.resource(obj, obj.GetNamespace())
+			if err == nil {
+				err = d.apply(ctx, res, obj, nil)
+			}
+			if err != nil {
+				t.Fatalf("%s: apply %s %s: %v", file, obj.GetKind(), obj.GetName(), err)
+			}
 		}
 	}
 	// The Gateway's HTTPS listener serves a certificate of its own, as a real one would.
