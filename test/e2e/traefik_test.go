@@ -223,7 +223,7 @@ var traefikScenarios = []traefikScenario{
 func TestTraefikExposureScenarios(t *testing.T) {
 	c := framework.Cluster(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel) // after the parallel subtests, not when this function returns
 	tr := installTraefik(ctx, t, c)
 	for _, sc := range traefikScenarios {
 		t.Run(sc.name, func(t *testing.T) {
