@@ -9,6 +9,8 @@
 #
 # Usage: hack/build-module.sh NAME MODULE VERSION PACKAGE [-f]
 #   hack/build-module.sh coredns github.com/coredns/coredns v1.15.0 .
+# EXTRA_LDFLAGS (optional) is appended to the linker flags, e.g. to set the version a
+# command reports; it is part of the stamp.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +19,7 @@ go="${GO:-go}"
 out=".local/bin"
 
 name="$1" module="$2" version="$3" pkg="$4" force="${5:-}"
-ldflags="-s -w"
+ldflags="-s -w${EXTRA_LDFLAGS:+ ${EXTRA_LDFLAGS}}"
 build_flags=(-trimpath -buildvcs=false)
 stamp_file="${out}/.${name}-stamp"
 stamp="$(echo "${module}@${version} ${pkg} ${build_flags[*]} ${ldflags} CGO_ENABLED=0 $("${go}" version)" | sha256sum | cut -d' ' -f1)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned local-cluster components (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, helm) from the modules under hack/tools into .local/bin,
-# and CoreDNS (the cluster DNS) through hack/build-module.sh.
+# and CoreDNS (the cluster DNS) and Traefik (the ingress controller) through hack/build-module.sh.
 #
 # The build is keyed by a stamp: a hash of the pinning files, the Go version and the
 # build flags. A second run with the same pin prints that the tools are up to date and
@@ -68,6 +68,12 @@ if [[ "${force}" == 1 ]]; then
 	module_flags=(-f)
 fi
 "${root}/hack/build-module.sh" coredns github.com/coredns/coredns v1.15.0 . "${module_flags[@]}"
+traefik_version="v3.6.12"
+EXTRA_LDFLAGS="-X github.com/traefik/traefik/v3/pkg/version.Version=${traefik_version}" \
+	"${root}/hack/build-module.sh" traefik github.com/traefik/traefik/v3 "${traefik_version}" ./cmd/traefik "${module_flags[@]}"
+# Traefik's CRDs of the same version (the running version's schemas), for deploy/traefik.
+traefik_dir="$(GOFLAGS=-mod=mod "${go}" mod download -json "github.com/traefik/traefik/v3@${traefik_version}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+install -m 0644 "${traefik_dir}/docs/content/reference/dynamic-configuration/kubernetes-crd-definition-v1.yml" "${out}/traefik-crds.yaml"
 
 if [[ "${up_to_date}" == 1 ]]; then
 	echo "pinned tools in ${out} are up to date (stamp ${stamp:0:12})"

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 connections=${DEMO_CONNECTIONS:-1200} # held by two of the pods
 few=${DEMO_FEW_CONNECTIONS:-60}       # spread over all four
 node_port=30080
+ingress=${DEMO_INGRESS:-} # traefik: the clients go through Traefik (deploy/traefik) and an Ingress
 ns=wsscale-demo
 kubeconfig=.local/kubeconfig
 
@@ -36,6 +37,20 @@ k apply -f hack/demo/echo.yaml
 k -n "$ns" scale deployment/echo --replicas=4
 k -n "$ns" rollout status deployment/echo --timeout=180s
 k -n wsscale-system rollout status deployment/wsscale --timeout=180s
+case "$ingress" in
+"") ;;
+traefik)
+  echo "== Traefik (deploy/traefik) in front: clients -> Traefik NodePort 30880 -> Ingress hack/demo/traefik-ingress.yaml -> pods"
+  hack/traefik-up.sh "$kubeconfig"
+  k apply -f hack/demo/traefik-ingress.yaml
+  node_port=30880
+  for _ in $(seq 30); do # Traefik serves the route once it has read the Ingress
+    ./bin/wsecho load --url "ws://127.0.0.1:$node_port/ws" -c 1 -d 1s -q -o json 2>/dev/null | grep -q '"opened": 1' && break
+    sleep 1
+  done
+  ;;
+*) echo "DEMO_INGRESS=$ingress: want traefik or nothing" >&2; exit 1 ;;
+esac
 k wait --for=condition=Available --timeout=120s apiservice/v1beta2.custom.metrics.k8s.io
 
 # The echo pods that are not terminating, oldest first.

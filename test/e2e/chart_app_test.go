@@ -406,11 +406,13 @@ func dryRunScaleGuardCRD(ctx context.Context, t *testing.T, d *dryRunner, root s
 }
 
 // renderChart runs `helm template` on the chart with one values file and returns its objects.
-func renderChart(t *testing.T, root, chart, ns, values string) []*unstructured.Unstructured {
+// Extra helm arguments (such as --set) follow the values file.
+func renderChart(t *testing.T, root, chart, ns, values string, extra ...string) []*unstructured.Unstructured {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	out, err := runHelm(ctx, root, "", "template", "check", filepath.Join(root, chart), "--namespace", ns, "-f", values)
+	args := append([]string{"template", "check", filepath.Join(root, chart), "--namespace", ns, "-f", values}, extra...)
+	out, err := runHelm(ctx, root, "", args...)
 	if err != nil {
 		t.Fatalf("helm template -f %s: %v\n%s", filepath.Base(values), err, out)
 	}

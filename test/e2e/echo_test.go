@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -391,23 +392,11 @@ func podMetric(ctx context.Context, c *localcluster.Cluster, podIP, name string)
 }
 
 // wscatEcho sends msg with wscat (from the npm registry, installed from test/e2e/node) and expects
-// the echo back.
-func wscatEcho(t *testing.T, url, msg string) {
+// the echo back. args are more wscat options (a Host header, --no-check).
+func wscatEcho(t *testing.T, url, msg string, args ...string) {
 	t.Helper()
-	root, err := framework.RepoRoot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := filepath.Join(root, "test", "e2e", "node")
-	wscat := filepath.Join(dir, "node_modules", ".bin", "wscat")
-	if _, err := os.Stat(wscat); err != nil {
-		install := exec.Command("npm", "ci", "--no-audit", "--no-fund")
-		install.Dir = dir
-		if out, err := install.CombinedOutput(); err != nil {
-			t.Fatalf("install wscat with npm ci in %s: %v\n%s", dir, err, out)
-		}
-	}
-	cmd := exec.Command(wscat, "--connect", url, "--execute", msg, "--wait", "2")
+	wscat := filepath.Join(nodeClientsDir(t), "node_modules", ".bin", "wscat")
+	cmd := exec.Command(wscat, append(args, "--connect", url, "--execute", msg, "--wait", "2")...)
 	// wscat exits when its standard input closes; keep it open until it is done.
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -434,3 +423,34 @@ func wscatEcho(t *testing.T, url, msg string) {
 		t.Errorf("wscat did not get its echo; output:\n%s", out.String())
 	}
 }
+
+// nodeClientsDir returns test/e2e/node with its npm clients (wscat, ws) installed by npm ci.
+func nodeClientsDir(t *testing.T) string {
+	t.Helper()
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(root, "test", "e2e", "node")
+	nodeClientsOnce.Do(func() {
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", "ws", "package.json")); err == nil {
+			if _, err := os.Stat(filepath.Join(dir, "node_modules", ".bin", "wscat")); err == nil {
+				return
+			}
+		}
+		install := exec.Command("npm", "ci", "--no-audit", "--no-fund")
+		install.Dir = dir
+		if out, err := install.CombinedOutput(); err != nil {
+			nodeClientsErr = fmt.Errorf("install the clients with npm ci in %s: %v\n%s", dir, err, out)
+		}
+	})
+	if nodeClientsErr != nil {
+		t.Fatal(nodeClientsErr)
+	}
+	return dir
+}
+
+var (
+	nodeClientsOnce sync.Once
+	nodeClientsErr  error
+)

@@ -109,6 +109,9 @@ func DefaultImages(binDir string) map[string]string {
 		// The cluster DNS (CoreDNS, hack/build-module.sh builds it).
 		"registry.k8s.io/coredns/coredns": filepath.Join(binDir, "coredns"),
 		"coredns/coredns":                 filepath.Join(binDir, "coredns"),
+		// The ingress controller (Traefik v3.6, hack/build-module.sh builds it); docker.io/traefik and
+		// docker.io/library/traefik resolve to it too.
+		"traefik": filepath.Join(binDir, "traefik"),
 		// The adapter chart's helm test image (its entrypoint is kubectl).
 		"registry.k8s.io/kubectl": filepath.Join(binDir, "kubectl"),
 	}

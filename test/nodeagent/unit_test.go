@@ -81,7 +81,7 @@ func TestImageResolve(t *testing.T) {
 	}
 	r := imageResolver{images: map[string]string{
 		"wsscale/echo": bin, "wsscale/plain": notExec, "wsscale/missing": filepath.Join(dir, "nope"),
-		"registry.local:5000/team/app": bin,
+		"registry.local:5000/team/app": bin, "traefik": bin,
 	}}
 	tests := []struct {
 		name, image, wantBin, wantErr string
@@ -93,6 +93,9 @@ func TestImageResolve(t *testing.T) {
 		{name: "docker hub prefix", image: "docker.io/wsscale/echo:latest", wantBin: bin},
 		{name: "registry with port", image: "registry.local:5000/team/app:1", wantBin: bin},
 		{name: "registry with port, no tag", image: "registry.local:5000/team/app", wantBin: bin},
+		{name: "official image", image: "traefik:v3.6", wantBin: bin},
+		{name: "official image, library prefix", image: "docker.io/library/traefik:v3.6.12", wantBin: bin},
+		{name: "official image, docker.io prefix", image: "docker.io/traefik:v3.6", wantBin: bin},
 		{name: "unknown", image: "nginx:1.27", wantErr: `image "nginx:1.27" is not available on this node`},
 		{name: "binary missing", image: "wsscale/missing:v1", wantErr: "which is not available"},
 		{name: "not executable", image: "wsscale/plain", wantErr: "not an executable file"},
