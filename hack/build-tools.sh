@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the pinned local-cluster components (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, helm) from the modules under hack/tools into .local/bin,
-# and CoreDNS (the cluster DNS) through hack/build-module.sh.
+# and CoreDNS (the cluster DNS) and Prometheus through hack/build-module.sh.
 #
 # The build is keyed by a stamp: a hash of the pinning files, the Go version and the
 # build flags. A second run with the same pin prints that the tools are up to date and
@@ -68,6 +68,7 @@ if [[ "${force}" == 1 ]]; then
 	module_flags=(-f)
 fi
 "${root}/hack/build-module.sh" coredns github.com/coredns/coredns v1.15.0 . "${module_flags[@]}"
+"${root}/hack/build-module.sh" prometheus github.com/prometheus/prometheus v0.316.0 ./cmd/prometheus "${module_flags[@]}"
 
 if [[ "${up_to_date}" == 1 ]]; then
 	echo "pinned tools in ${out} are up to date (stamp ${stamp:0:12})"

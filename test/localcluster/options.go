@@ -109,6 +109,12 @@ func DefaultImages(binDir string) map[string]string {
 		// The cluster DNS (CoreDNS, hack/build-module.sh builds it).
 		"registry.k8s.io/coredns/coredns": filepath.Join(binDir, "coredns"),
 		"coredns/coredns":                 filepath.Join(binDir, "coredns"),
+		// Prometheus (hack/build-module.sh builds it), from either registry users pull it from.
+		"prom/prometheus":               filepath.Join(binDir, "prometheus"),
+		"quay.io/prometheus/prometheus": filepath.Join(binDir, "prometheus"),
+		// KEDA's operator and metrics API server, built only for the benchmark (hack/build-keda.sh).
+		"ghcr.io/kedacore/keda":                   filepath.Join(binDir, "keda-operator"),
+		"ghcr.io/kedacore/keda-metrics-apiserver": filepath.Join(binDir, "keda-adapter"),
 		// The adapter chart's helm test image (its entrypoint is kubectl).
 		"registry.k8s.io/kubectl": filepath.Join(binDir, "kubectl"),
 	}
