@@ -91,9 +91,10 @@ func TestPrometheusPipelineScalesTheHPA(t *testing.T) {
 		return len(got) == 1 && got[echoPod.Name] == promConnections, fmt.Sprint(got)
 	})
 
-	// The query the adapter really sent, as Prometheus logged it: the series with equality
-	// matchers on its namespace, over the staleness window.
-	want := fmt.Sprintf(`websocket_connections_active{namespace=%q}[2m]`, promEchoNS)
+	// The query the adapter really sent, as Prometheus logged it: the series with an equality
+	// matcher on its namespace, and the time of each sample.
+	sel := fmt.Sprintf(`websocket_connections_active{namespace=%q}`, promEchoNS)
+	want := sel + ` or label_replace(timestamp(` + sel + `), "wsscale_sample_time", "true", "", "")`
 	poll(ctx, t, "the adapter's query in Prometheus's query log", time.Minute, func() (bool, string) {
 		queries, err := prom.loggedQueries(ctx)
 		if err != nil {
