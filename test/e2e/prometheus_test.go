@@ -24,7 +24,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -411,33 +410,10 @@ func installPromEcho(ctx context.Context, t *testing.T, client kubernetes.Interf
 	return &pods[0]
 }
 
-// installPromAdapter installs the adapter chart reading Prometheus through its Service name, and
-// uninstalls it at the end of the test.
+// installPromAdapter installs the adapter chart reading Prometheus through its Service name.
 func installPromAdapter(ctx context.Context, t *testing.T, c *localcluster.Cluster) {
 	t.Helper()
-	dyn, err := dynamic.NewForConfig(c.RESTConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	removeForeignAPIServices(ctx, t, dyn)
-	helm := newHelm(t, c)
-	t.Cleanup(func() {
-		cctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		if _, err := helm.run(cctx, "uninstall", promRelease, "-n", promAdapterNS, "--wait", "--ignore-not-found"); err != nil {
-			t.Error(err)
-		}
-		_ = c.Client().CoreV1().Namespaces().Delete(cctx, promAdapterNS, metav1.DeleteOptions{})
-		waitNamespaceGone(cctx, t, c.Client(), promAdapterNS)
-	})
-	if _, err := helm.run(ctx, "install", promRelease, chartDir(t), "-n", promAdapterNS, "--create-namespace", "--wait", "--timeout", "5m",
-		"--set", "replicaCount=1",
-		"--set", "adapter.source=prometheus",
-		"--set", "adapter.prometheus.url=http://prometheus."+promNamespace+".svc:9090",
-	); err != nil {
-		t.Fatal(err)
-	}
-	waitAPIServicesAvailable(ctx, t, dyn)
+	installChartAdapter(ctx, t, c, "--set", "adapter.source=prometheus", "--set", "adapter.prometheus.url=http://prometheus."+promNamespace+".svc:9090")
 }
 
 func createPromHPA(ctx context.Context, t *testing.T, client kubernetes.Interface) {
