@@ -3,6 +3,7 @@
 # the same local cluster with the same load, through the real HPA controller:
 #
 #   direct      wsscale's adapter scraping the pods itself
+#   guard       the same, the HPA scaling a ScaleGuard in front of the Deployment
 #   prometheus  Prometheus (deploy/prometheus) scraping the pods, wsscale's adapter reading it
 #   keda        Prometheus, KEDA's operator and metrics API server, a ScaledObject with the
 #               Prometheus trigger (built first by hack/build-keda.sh, about 11 minutes cold)
@@ -12,6 +13,10 @@
 # jump until the HPA's desired replicas change, until the 10 pods are Ready, until every pod holds
 # connections; the value the HPA saw over time; CPU seconds and peak RSS of the system's
 # processes over the surge; the metrics API's latency p50/p99 under the HPA plus 10 requests/s.
+# Drop: the surge's connections close and 600 deliberately uneven ones go to the four newest pods
+# (300, 200, 60, 40; the other six hold none); the HPA takes the Deployment to two pods.
+# Reported: the connections each removed pod held, clients disconnected, abrupt drops (no close
+# frame), close codes.
 #
 # It runs test/e2e's TestScaleRace (WSSCALE_RACE=1) once per HPA sync period and Prometheus scrape
 # interval, under the e2e lock, prints the markdown rows and keeps the logs and the JSON in
@@ -22,7 +27,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-systems=${BENCH_SYSTEMS:-direct,prometheus,keda}
+systems=${BENCH_SYSTEMS:-direct,guard,prometheus,keda}
 syncs=${BENCH_HPA_SYNC:-15s 5s}
 intervals=${BENCH_PROM_INTERVALS:-15s 5s}
 out=${BENCH_OUT:-.local/bench/scale-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -48,7 +53,7 @@ for sync in $syncs; do
     # The direct scrape has no Prometheus: it runs once per sync period, with the first interval.
     run_systems=$systems
     if [[ "$interval" != "${intervals%% *}" ]]; then
-      run_systems=$(echo "$systems" | tr ',' '\n' | grep -v '^direct$' | paste -sd, -)
+      run_systems=$(echo "$systems" | tr ',' '\n' | grep -v -e '^direct$' -e '^guard$' | paste -sd, -)
       [[ -n "$run_systems" ]] || continue
     fi
     log="$out/race-sync$sync-scrape$interval.log"
@@ -61,11 +66,16 @@ for sync in $syncs; do
         exit 1
       }
     grep -o 'RACE-ROW .*' "$log" | sed 's/^RACE-ROW //' >>"$rows"
+    grep -o 'RACE-DROP .*' "$log" | sed 's/^RACE-DROP //' >>"$out/drops.md"
     grep -o 'RACE-SEEN .*' "$log" | sed 's/^RACE-SEEN /- /' >>"$out/seen.md"
   done
 done
 echo
 cat "$rows"
+echo
+echo "| system | HPA sync | scrape interval | removed | clients disconnected | abrupt | close codes | to two pods |"
+echo "|---|---|---|---|---|---|---|---|"
+cat "$out/drops.md" 2>/dev/null || true
 echo
 echo "What the HPA saw (seconds since the jump: value, desired replicas):"
 cat "$out/seen.md"

@@ -196,6 +196,9 @@ func installRaceKEDA(interval string) func(context.Context, *testing.T, *localcl
 						"scaleTargetRef":  map[string]any{"name": "echo"},
 						"minReplicaCount": int64(2), "maxReplicaCount": int64(raceMaxPods),
 						"pollingInterval": int64(15),
+						"advanced": map[string]any{"horizontalPodAutoscalerConfig": map[string]any{"behavior": map[string]any{
+							"scaleDown": map[string]any{"stabilizationWindowSeconds": int64(raceScaleDownWindow)},
+						}}},
 						"triggers": []any{map[string]any{
 							"type": "prometheus",
 							"metadata": map[string]any{

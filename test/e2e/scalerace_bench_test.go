@@ -19,11 +19,13 @@ import (
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	autoscalingv1alpha1 "github.com/wsscale/wsscale/pkg/apis/autoscaling/v1alpha1"
 	"github.com/wsscale/wsscale/pkg/wsload"
 	"github.com/wsscale/wsscale/test/e2e/framework"
 	"github.com/wsscale/wsscale/test/localcluster"
@@ -41,7 +43,14 @@ const (
 	raceMaxPods    = 12
 	racePollRate   = 10 // metrics API requests per second on top of the HPA's
 	raceSurgeLimit = 6 * time.Minute
+	raceDropLimit  = 6 * time.Minute
+	// raceEchoSelector selects the demo's echo pods.
+	raceEchoSelector = "app.kubernetes.io/name=echo"
 )
+
+// raceDropLoads are the connections the newest pods hold when the load falls back to 600, the
+// newest first; the other pods hold none. A ReplicaSet removes the newest pods first.
+var raceDropLoads = []int{300, 200, 60, 40}
 
 // raceSystem is one way of feeding the HPA: its components are installed before the echo
 // Deployment's HPA is created and removed after.
@@ -87,6 +96,18 @@ type raceResult struct {
 	APILatencyP99 float64            `json:"metricsAPILatencyP99ms"`
 	APIRequests   int                `json:"metricsAPIRequests"`
 	APIFailures   int                `json:"metricsAPIFailures"`
+	Drop          *raceDrop          `json:"drop,omitempty"`
+}
+
+// raceDrop is what the fall back to 600 connections did to the clients.
+type raceDrop struct {
+	// RemovedHeld are the connections each removed pod held, in the order they went.
+	RemovedHeld  []int            `json:"removedHeld"`
+	Disconnected int64            `json:"clientsDisconnected"`
+	Abrupt       int64            `json:"abruptDrops"`
+	Closes       map[string]int64 `json:"closesByServerCode"`
+	Took         float64          `json:"secondsToTwoPods"`
+	Reached      bool             `json:"reachedTwoPods"`
 }
 
 // TestScaleRace races the systems that can feed the HPA on one cluster and the same load,
@@ -102,6 +123,7 @@ func TestScaleRace(t *testing.T) {
 	interval := envOr("WSSCALE_RACE_PROM_INTERVAL", "15s")
 	systems := map[string]raceSystem{
 		"direct":     {name: "wsscale direct scrape", install: installRaceDirect},
+		"guard":      {name: "wsscale direct scrape + ScaleGuard", install: installRaceGuard},
 		"prometheus": {name: "wsscale via Prometheus", install: installRacePrometheus(interval)},
 		"keda":       {name: "KEDA Prometheus scaler", install: installRaceKEDA(interval)},
 	}
@@ -202,6 +224,52 @@ func wsscaleSetup(components ...string) raceSetup {
 func installRaceDirect(ctx context.Context, t *testing.T, c *localcluster.Cluster) raceSetup {
 	installChartAdapter(ctx, t, c)
 	return wsscaleSetup("adapter")
+}
+
+// installRaceGuard is the direct scrape with the HPA scaling a ScaleGuard in front of the
+// Deployment (the chart grants the adapter the guard's permissions and installs its CRD).
+func installRaceGuard(ctx context.Context, t *testing.T, c *localcluster.Cluster) raceSetup {
+	installChartAdapter(ctx, t, c)
+	setup := wsscaleSetup("adapter")
+	setup.scale = func(ctx context.Context, t *testing.T, client kubernetes.Interface) {
+		dyn, err := dynamic.NewForConfig(c.RESTConfig())
+		if err != nil {
+			t.Fatal(err)
+		}
+		obj, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&autoscalingv1alpha1.ScaleGuard{
+			TypeMeta:   metav1.TypeMeta{APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard"},
+			ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+			Spec: autoscalingv1alpha1.ScaleGuardSpec{
+				TargetRef: autoscalingv1alpha1.TargetRef{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"},
+				ScaleDown: autoscalingv1alpha1.ScaleDownSpec{
+					DrainTimeout:      &metav1.Duration{Duration: time.Minute},
+					MaxVictimsPerStep: ptr.To[int32](4),
+				},
+			},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		guards := dyn.Resource(scaleGuardResource).Namespace(raceNamespace)
+		if _, err := guards.Create(ctx, &unstructured.Unstructured{Object: obj}, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("create the ScaleGuard: %v", err)
+		}
+		t.Cleanup(func() {
+			// The guard goes before the namespace, so that its finalizer is served.
+			_ = guards.Delete(context.Background(), "echo", metav1.DeleteOptions{})
+		})
+		poll(ctx, t, "the ScaleGuard seeded from the Deployment", 2*time.Minute, func() (bool, string) {
+			u, err := guards.Get(ctx, "echo", metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			r, found, _ := unstructured.NestedInt64(u.Object, "spec", "replicas")
+			return found && r == 2, fmt.Sprint(u.Object["spec"])
+		})
+		createRaceHPAFor(ctx, t, client, podsMetric(raceTarget), autoscalingv2.CrossVersionObjectReference{
+			APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard", Name: "echo"})
+	}
+	return setup
 }
 
 func installRacePrometheus(interval string) func(context.Context, *testing.T, *localcluster.Cluster) raceSetup {
@@ -309,6 +377,11 @@ func runRaceSurge(t *testing.T, c *localcluster.Cluster, sys raceSystem) raceRes
 			res.PeakRSSMiB[name] = round1(float64(after.peak) / (1 << 20))
 		}
 		res.HPASync = hpaSyncPeriod()
+		if res.ToReady >= 0 && os.Getenv("WSSCALE_RACE_DROP") != "0" {
+			res.Drop = runRaceDrop(ctx, t, c, client, base, surge)
+			t.Logf("RACE-DROP | %s | %s | %s | removed pods held %v | %d | %d | %v | %s |", res.System, res.HPASync, orDash(res.PromInterval),
+				res.Drop.RemovedHeld, res.Drop.Disconnected, res.Drop.Abrupt, res.Drop.Closes, dropTook(res.Drop))
+		}
 		surge.stop()
 		base.stop()
 		deleteRaceEcho(t, client)
@@ -356,7 +429,7 @@ func hpaSeen(h *autoscalingv2.HorizontalPodAutoscaler) string {
 
 // raceConnections reads websocket_connections_active from every Ready echo pod.
 func raceConnections(ctx context.Context, c *localcluster.Cluster, client kubernetes.Interface) (map[string]int, error) {
-	list, err := client.CoreV1().Pods(raceNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=echo"})
+	list, err := client.CoreV1().Pods(raceNamespace).List(ctx, metav1.ListOptions{LabelSelector: raceEchoSelector})
 	if err != nil {
 		return nil, err
 	}
@@ -375,9 +448,9 @@ func raceConnections(ctx context.Context, c *localcluster.Cluster, client kubern
 }
 
 // startServiceLoad opens n connections through the echo Service's ClusterIP at rate per second.
-func startServiceLoad(c *localcluster.Cluster, ip string, n, rate int) *loadRun {
+func startServiceLoad(c *localcluster.Cluster, addr string, n, rate int) *loadRun {
 	cfg := wsload.DefaultConfig()
-	cfg.URL = "ws://" + net.JoinHostPort(ip, "8080") + "/ws"
+	cfg.URL = "ws://" + addr + "/ws"
 	cfg.Connections = n
 	cfg.ConnectRate = float64(rate)
 	cfg.Duration = 0
@@ -391,39 +464,22 @@ func startServiceLoad(c *localcluster.Cluster, ip string, n, rate int) *loadRun 
 	return run
 }
 
-// installRaceEcho creates the echo Deployment (two replicas) and its Service, and returns the
-// Service's ClusterIP.
+// installRaceEcho creates the demo's echo Deployment (two replicas; drains on the label) and a
+// ClusterIP Service in front of it, and returns the Service's address.
 func installRaceEcho(ctx context.Context, t *testing.T, client kubernetes.Interface) string {
 	t.Helper()
 	createNamespace(ctx, t, client, raceNamespace)
-	labels := map[string]string{"app": "echo", "wsscale.io/scrape": "true"}
-	must[*appsv1.Deployment](t, "echo deployment")(client.AppsV1().Deployments(raceNamespace).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](2),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{"prometheus.io/port": "9090", "prometheus.io/path": "/metrics"}},
-				Spec: corev1.PodSpec{
-					TerminationGracePeriodSeconds: ptr.To[int64](5),
-					Containers: []corev1.Container{{
-						Name: "echo", Image: "wsscale/echo:dev",
-						Env:   []corev1.EnvVar{{Name: "PORT", Value: "8080"}, {Name: "METRICS_PORT", Value: "9090"}, {Name: "DRAIN_TIMEOUT", Value: "2s"}},
-						Ports: []corev1.ContainerPort{{Name: "ws", ContainerPort: 8080}, {Name: "metrics", ContainerPort: 9090}},
-						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("ws")}},
-							PeriodSeconds: 1},
-					}},
-				},
-			},
-		},
-	}, metav1.CreateOptions{}))
-	svc := must[*corev1.Service](t, "echo service")(client.CoreV1().Services(raceNamespace).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec:       corev1.ServiceSpec{Selector: labels, Ports: []corev1.ServicePort{{Name: "ws", Port: 8080, TargetPort: intstr.FromString("ws")}}},
-	}, metav1.CreateOptions{}))
-	waitForReadyPods(ctx, t, client, raceNamespace, "app=echo", 2)
+	deploy, svc := demoManifests(t, raceNamespace)
+	deploy.Spec.Replicas = ptr.To[int32](2)
+	svc.Spec.Type = corev1.ServiceTypeClusterIP
+	for i := range svc.Spec.Ports {
+		svc.Spec.Ports[i].NodePort = 0
+	}
+	must[*appsv1.Deployment](t, "echo deployment")(client.AppsV1().Deployments(raceNamespace).Create(ctx, deploy, metav1.CreateOptions{}))
+	svc = must[*corev1.Service](t, "echo service")(client.CoreV1().Services(raceNamespace).Create(ctx, svc, metav1.CreateOptions{}))
+	waitForReadyPods(ctx, t, client, raceNamespace, raceEchoSelector, 2)
 	waitForEndpoints(ctx, t, client, raceNamespace, "echo", 2)
-	return svc.Spec.ClusterIP
+	return net.JoinHostPort(svc.Spec.ClusterIP, fmt.Sprint(svc.Spec.Ports[0].Port))
 }
 
 func deleteRaceEcho(t *testing.T, client kubernetes.Interface) {
@@ -436,13 +492,24 @@ func deleteRaceEcho(t *testing.T, client kubernetes.Interface) {
 
 func createRaceHPA(ctx context.Context, t *testing.T, client kubernetes.Interface, metric autoscalingv2.MetricSpec) {
 	t.Helper()
+	createRaceHPAFor(ctx, t, client, metric, autoscalingv2.CrossVersionObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"})
+}
+
+// raceScaleDownWindow is every system's scale-down stabilisation window.
+const raceScaleDownWindow = 30
+
+func createRaceHPAFor(ctx context.Context, t *testing.T, client kubernetes.Interface, metric autoscalingv2.MetricSpec, target autoscalingv2.CrossVersionObjectReference) {
+	t.Helper()
 	must[*autoscalingv2.HorizontalPodAutoscaler](t, "HPA")(client.AutoscalingV2().HorizontalPodAutoscalers(raceNamespace).Create(ctx, &autoscalingv2.HorizontalPodAutoscaler{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
 		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
-			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"},
+			ScaleTargetRef: target,
 			MinReplicas:    ptr.To[int32](2),
 			MaxReplicas:    raceMaxPods,
 			Metrics:        []autoscalingv2.MetricSpec{metric},
+			Behavior: &autoscalingv2.HorizontalPodAutoscalerBehavior{
+				ScaleDown: &autoscalingv2.HPAScalingRules{StabilizationWindowSeconds: ptr.To[int32](raceScaleDownWindow)},
+			},
 		},
 	}, metav1.CreateOptions{}))
 }
@@ -551,4 +618,119 @@ func (p *latencyPoller) stop() (int, int, float64, float64) {
 		return round1(float64(l[int(f*float64(len(l)-1))]) / float64(time.Millisecond))
 	}
 	return len(l) + p.failed, p.failed, q(0.5), q(0.99)
+}
+
+func dropTook(d *raceDrop) string {
+	if !d.Reached {
+		return fmt.Sprintf("not within %v", raceDropLimit)
+	}
+	return fmt.Sprintf("%.0f s", d.Took)
+}
+
+// runRaceDrop ends the surge's connections, puts 600 deliberately uneven ones on the newest pods
+// (raceDropLoads) and follows the scale-down to two pods: which pods went, and what their
+// clients saw.
+func runRaceDrop(ctx context.Context, t *testing.T, c *localcluster.Cluster, client kubernetes.Interface, loads ...*loadRun) *raceDrop {
+	for _, l := range loads {
+		l.stop()
+	}
+	poll(ctx, t, "the surge's connections closed", 2*time.Minute, func() (bool, string) {
+		per, err := raceConnections(ctx, c, client)
+		return err == nil && sumInts(per) == 0, fmt.Sprint(per, err)
+	})
+	list, err := client.CoreV1().Pods(raceNamespace).List(ctx, metav1.ListOptions{LabelSelector: raceEchoSelector})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pods []corev1.Pod
+	for _, p := range list.Items {
+		if p.DeletionTimestamp == nil && isReady(&p) {
+			pods = append(pods, p)
+		}
+	}
+	sort.Slice(pods, func(i, j int) bool {
+		a, b := pods[i].CreationTimestamp.Time, pods[j].CreationTimestamp.Time
+		if !a.Equal(b) {
+			return a.After(b)
+		}
+		return pods[i].Name > pods[j].Name
+	})
+	held := map[string]int{}
+	runs := map[string]*loadRun{}
+	for i, p := range pods {
+		if i < len(raceDropLoads) {
+			held[p.Name] = raceDropLoads[i]
+			runs[p.Name] = startLoad(c, p.Status.PodIP, raceDropLoads[i])
+		}
+	}
+	defer func() {
+		for _, r := range runs {
+			r.stop()
+		}
+	}()
+	poll(ctx, t, "the uneven 600 held", 2*time.Minute, func() (bool, string) {
+		per, err := raceConnections(ctx, c, client)
+		if err != nil {
+			return false, err.Error()
+		}
+		for name, n := range held {
+			if per[name] != n {
+				return false, fmt.Sprint(per)
+			}
+		}
+		return true, fmt.Sprint(per)
+	})
+	out := &raceDrop{Closes: map[string]int64{}}
+	began := time.Now()
+	gone := map[string]bool{}
+	for time.Since(began) < raceDropLimit {
+		list, err := client.CoreV1().Pods(raceNamespace).List(ctx, metav1.ListOptions{LabelSelector: raceEchoSelector})
+		if err != nil {
+			t.Fatal(err)
+		}
+		present := map[string]bool{}
+		ready := 0
+		for _, p := range list.Items {
+			present[p.Name] = p.DeletionTimestamp == nil
+			if p.DeletionTimestamp == nil && isReady(&p) {
+				ready++
+			}
+		}
+		for _, p := range pods {
+			if !present[p.Name] && !gone[p.Name] {
+				gone[p.Name] = true
+				out.RemovedHeld = append(out.RemovedHeld, held[p.Name])
+			}
+		}
+		d, err := client.AppsV1().Deployments(raceNamespace).Get(ctx, "echo", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ptr.Deref(d.Spec.Replicas, 0) == 2 && ready == 2 && len(gone) == len(pods)-2 {
+			out.Reached = true
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	out.Took = round1(time.Since(began).Seconds())
+	for name, run := range runs {
+		if !gone[name] {
+			continue
+		}
+		select {
+		case res := <-run.done:
+			if res.Result != nil {
+				for code, n := range res.ClosesByCode {
+					out.Closes[code] += n
+					out.Disconnected += n
+				}
+				out.Abrupt += res.AbnormalDrops
+				out.Disconnected += res.AbnormalDrops
+			}
+		case <-time.After(time.Minute):
+			t.Errorf("the clients of removed pod %s never all ended", name)
+		}
+		delete(runs, name)
+	}
+	return out
 }
