@@ -167,6 +167,9 @@ func TestPrometheusPipelineScalesTheHPA(t *testing.T) {
 	})
 	poll(ctx, t, "the adapter stops serving the unscraped pod", 4*time.Minute, func() (bool, string) {
 		got, err := podValues(ctx, client, path)
+		if apierrors.IsNotFound(err) {
+			return true, err.Error() // no pod of the namespace has a value
+		}
 		if err != nil {
 			return false, err.Error()
 		}
