@@ -133,10 +133,11 @@ func TestScaleRace(t *testing.T) {
 		if !ok {
 			t.Fatalf("unknown race system %q (direct, prometheus, keda)", key)
 		}
-		res := runRaceSurge(t, c, sys)
-		if key != "direct" {
-			res.PromInterval = interval
+		promInterval := ""
+		if key == "prometheus" || key == "keda" {
+			promInterval = interval
 		}
+		res := runRaceSurge(t, c, sys, promInterval)
 		results = append(results, res)
 		t.Logf("RACE-ROW | %s | %s | %s | %s | %s | %s | %d | %s | %s | %.1f / %.1f |", res.System, res.HPASync, orDash(res.PromInterval),
 			secs(res.ToDesired), secs(res.ToReady), secs(res.ToSpread), res.FinalDesired, costText(res.CPUSeconds, "s"), costText(res.PeakRSSMiB, " MiB"),
@@ -310,11 +311,11 @@ func installChartAdapter(ctx context.Context, t *testing.T, c *localcluster.Clus
 
 // runRaceSurge installs sys, holds 600 connections on two echo pods behind an HPA targeting
 // 300 per pod, raises the load to 3,000 and follows the HPA, the pods and the connections.
-func runRaceSurge(t *testing.T, c *localcluster.Cluster, sys raceSystem) raceResult {
+func runRaceSurge(t *testing.T, c *localcluster.Cluster, sys raceSystem, promInterval string) raceResult {
 	client := c.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	res := raceResult{System: sys.name, CPUSeconds: map[string]float64{}, PeakRSSMiB: map[string]float64{}, ToDesired: -1, ToReady: -1, ToSpread: -1}
+	res := raceResult{System: sys.name, PromInterval: promInterval, CPUSeconds: map[string]float64{}, PeakRSSMiB: map[string]float64{}, ToDesired: -1, ToReady: -1, ToSpread: -1}
 
 	// Each system runs in its own subtest, so that its clean-ups run before the next starts.
 	t.Run(strings.ReplaceAll(sys.name, " ", "_"), func(t *testing.T) {
