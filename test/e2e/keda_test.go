@@ -187,7 +187,7 @@ func installRaceKEDA(interval string) func(context.Context, *testing.T, *localcl
 			}
 		}
 		return raceSetup{
-			path: fmt.Sprintf("/apis/external.metrics.k8s.io/v1beta1/namespaces/%s/s0-prometheus?labelSelector=scaledobject.keda.sh%%2Fname%%3Decho", raceNamespace),
+			path: "", // the race reads it from the HPA KEDA makes
 			scale: func(ctx context.Context, t *testing.T, _ kubernetes.Interface) {
 				so := &unstructured.Unstructured{Object: map[string]any{
 					"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",

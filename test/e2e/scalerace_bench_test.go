@@ -339,7 +339,19 @@ func runRaceSurge(t *testing.T, c *localcluster.Cluster, sys raceSystem, promInt
 			return h.Status.DesiredReplicas == 2 && hpaSeen(h) == "300", fmt.Sprintf("desired %d, seen %s", h.Status.DesiredReplicas, hpaSeen(h))
 		})
 
-		poller := startLatencyPoller(ctx, client, setup.path)
+		// An external metric's path comes from the HPA that KEDA made: its metric's name and selector.
+		query := map[string]string{}
+		if h, err := client.AutoscalingV2().HorizontalPodAutoscalers(raceNamespace).Get(ctx, setup.hpa, metav1.GetOptions{}); err == nil {
+			for _, m := range h.Spec.Metrics {
+				if m.External != nil {
+					setup.path = fmt.Sprintf("/apis/external.metrics.k8s.io/v1beta1/namespaces/%s/%s", raceNamespace, m.External.Metric.Name)
+					if m.External.Metric.Selector != nil {
+						query["labelSelector"] = metav1.FormatLabelSelector(m.External.Metric.Selector)
+					}
+				}
+			}
+		}
+		poller := startLatencyPoller(ctx, client, setup.path, query)
 		jump := time.Now()
 		surge := startServiceLoad(c, svcIP, raceSurge-raceBase, raceRate)
 		defer surge.stop()
@@ -577,7 +589,7 @@ type latencyPoller struct {
 	failed    int
 }
 
-func startLatencyPoller(ctx context.Context, client kubernetes.Interface, path string) *latencyPoller {
+func startLatencyPoller(ctx context.Context, client kubernetes.Interface, path string, query map[string]string) *latencyPoller {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &latencyPoller{cancel: cancel}
 	p.wg.Add(1)
@@ -592,7 +604,11 @@ func startLatencyPoller(ctx context.Context, client kubernetes.Interface, path s
 			case <-tick.C:
 			}
 			start := time.Now()
-			_, err := client.CoreV1().RESTClient().Get().AbsPath(path).DoRaw(ctx)
+			req := client.CoreV1().RESTClient().Get().AbsPath(path)
+			for k, v := range query {
+				req = req.Param(k, v)
+			}
+			_, err := req.DoRaw(ctx)
 			took := time.Since(start)
 			p.mu.Lock()
 			if err != nil {
