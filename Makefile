@@ -98,6 +98,11 @@ verify-crds: controller-gen
 bench-echo:
 	hack/bench-echo.sh
 
+## bench-scale: race wsscale, wsscale via Prometheus and KEDA on the same surge (docs/benchmarks.md; needs root, builds KEDA).
+.PHONY: bench-scale
+bench-scale:
+	hack/bench-scale.sh
+
 ## echo-run: run the reference WebSocket server locally on :8080 (metrics on :9090).
 echo-run: build
 	$(BIN)/wsecho

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the pinned local-cluster components (kube-apiserver, kube-controller-manager,
 # kube-scheduler, kubectl, etcd, helm) from the modules under hack/tools into .local/bin,
-# and CoreDNS (the cluster DNS) and Traefik (the ingress controller) through hack/build-module.sh.
+# and CoreDNS (the cluster DNS), Traefik (the ingress controller) and Prometheus through
+# hack/build-module.sh.
 #
 # The build is keyed by a stamp: a hash of the pinning files, the Go version and the
 # build flags. A second run with the same pin prints that the tools are up to date and
@@ -74,6 +75,7 @@ EXTRA_LDFLAGS="-X github.com/traefik/traefik/v3/pkg/version.Version=${traefik_ve
 # Traefik's CRDs of the same version (the running version's schemas), for deploy/traefik.
 traefik_dir="$(GOFLAGS=-mod=mod "${go}" mod download -json "github.com/traefik/traefik/v3@${traefik_version}" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
 install -m 0644 "${traefik_dir}/docs/content/reference/dynamic-configuration/kubernetes-crd-definition-v1.yml" "${out}/traefik-crds.yaml"
+"${root}/hack/build-module.sh" prometheus github.com/prometheus/prometheus v0.316.0 ./cmd/prometheus "${module_flags[@]}"
 
 if [[ "${up_to_date}" == 1 ]]; then
 	echo "pinned tools in ${out} are up to date (stamp ${stamp:0:12})"

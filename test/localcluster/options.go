@@ -112,6 +112,12 @@ func DefaultImages(binDir string) map[string]string {
 		// The ingress controller (Traefik v3.6, hack/build-module.sh builds it); docker.io/traefik and
 		// docker.io/library/traefik resolve to it too.
 		"traefik": filepath.Join(binDir, "traefik"),
+		// Prometheus (hack/build-module.sh builds it), from either registry users pull it from.
+		"prom/prometheus":               filepath.Join(binDir, "prometheus"),
+		"quay.io/prometheus/prometheus": filepath.Join(binDir, "prometheus"),
+		// KEDA's operator and metrics API server, built only for the benchmark (hack/build-keda.sh).
+		"ghcr.io/kedacore/keda":                   filepath.Join(binDir, "keda-operator"),
+		"ghcr.io/kedacore/keda-metrics-apiserver": filepath.Join(binDir, "keda-adapter"),
 		// The adapter chart's helm test image (its entrypoint is kubectl).
 		"registry.k8s.io/kubectl": filepath.Join(binDir, "kubectl"),
 	}

@@ -2,6 +2,7 @@ package promsource
 
 import (
 	"fmt"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -14,21 +15,78 @@ type parsedMatcher struct {
 	label, op, value string
 }
 
-// parsedSelector is a PromQL range selector as a test reads it back from
-// the wire: metric{matchers}[window].
+// parsedSelector is a query as a test reads it back from the wire: a range
+// selector metric{matchers}[window], or (window 0) the instant query of
+// values and sample times,
+// metric{matchers} or label_replace(timestamp(metric{matchers}), "<timeLabel>", "true", "", "").
 type parsedSelector struct {
-	metric   string
-	matchers []parsedMatcher
-	window   time.Duration
+	metric    string
+	matchers  []parsedMatcher
+	window    time.Duration
+	timeLabel string
 }
 
-// parsePromQL reads the subset of PromQL the source may send, a range
-// selector, by hand: a metric name, label matchers with any of the four
-// operators and quoted values with escapes, and a duration. Anything else
-// is an error, so a query of another shape fails the tests.
+// parsePromQL reads the subset of PromQL the source may send by hand: a
+// metric name, label matchers with any of the four operators and quoted
+// values with escapes, then a range or the union with the selector's sample
+// times. Anything else is an error, so a query of another shape fails the
+// tests.
 func parsePromQL(q string) (parsedSelector, error) {
-	var out parsedSelector
 	p := &promqlLexer{s: q}
+	out, err := p.selector()
+	if err != nil {
+		return out, err
+	}
+	if p.eat('[') {
+		end := strings.IndexByte(p.s[p.pos:], ']')
+		if end < 0 {
+			return out, p.errorf("unterminated range")
+		}
+		d, err := model.ParseDuration(p.s[p.pos : p.pos+end])
+		if err != nil {
+			return out, p.errorf("range: %v", err)
+		}
+		out.window = time.Duration(d)
+		p.pos += end + 1
+	} else {
+		if !p.literal(" or label_replace(timestamp(") {
+			return out, p.errorf("want a range or the union with the sample times")
+		}
+		again, err := p.selector()
+		if err != nil {
+			return out, err
+		}
+		if !reflect.DeepEqual(again, out) {
+			return out, p.errorf("the times' selector %+v differs from the values' %+v", again, out)
+		}
+		if !p.literal("), ") {
+			return out, p.errorf("want '), '")
+		}
+		if out.timeLabel, err = p.quoted(); err != nil {
+			return out, err
+		}
+		if !p.literal(`, "true", "", "")`) {
+			return out, p.errorf(`want , "true", "", "")`)
+		}
+	}
+	if p.pos != len(p.s) {
+		return out, p.errorf("trailing input")
+	}
+	return out, nil
+}
+
+// literal consumes lit when the input continues with it.
+func (p *promqlLexer) literal(lit string) bool {
+	if strings.HasPrefix(p.s[p.pos:], lit) {
+		p.pos += len(lit)
+		return true
+	}
+	return false
+}
+
+// selector reads metric{matchers}.
+func (p *promqlLexer) selector() (parsedSelector, error) {
+	var out parsedSelector
 	out.metric = p.ident()
 	if !p.eat('{') {
 		return out, p.errorf("want '{'")
@@ -57,22 +115,6 @@ func parsePromQL(q string) (parsedSelector, error) {
 		if !p.eat(',') && !strings.HasPrefix(p.s[p.pos:], "}") {
 			return out, p.errorf("want ',' or '}'")
 		}
-	}
-	if !p.eat('[') {
-		return out, p.errorf("want '[': a range selector")
-	}
-	end := strings.IndexByte(p.s[p.pos:], ']')
-	if end < 0 {
-		return out, p.errorf("unterminated range")
-	}
-	d, err := model.ParseDuration(p.s[p.pos : p.pos+end])
-	if err != nil {
-		return out, p.errorf("range: %v", err)
-	}
-	out.window = time.Duration(d)
-	p.pos += end + 1
-	if p.pos != len(p.s) {
-		return out, p.errorf("trailing input")
 	}
 	return out, nil
 }

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -25,8 +26,8 @@ import (
 	"github.com/wsscale/wsscale/pkg/provider/store"
 )
 
-// DefaultStaleAfter is the default age beyond which a sample is not served,
-// and the query's window: two scrapes of a Prometheus that scrapes every
+// DefaultStaleAfter is the default age beyond which a sample is not served:
+// two scrapes of a Prometheus that scrapes every
 // minute, the slowest common setting (15 s to 60 s), so that one missed
 // scrape does not blank a pod.
 const DefaultStaleAfter = 2 * time.Minute
@@ -37,9 +38,10 @@ type Config struct {
 	URL string
 	// Timeout bounds one query.
 	Timeout time.Duration
-	// StaleAfter is the age beyond which a sample is not served. The query
-	// looks back this far, so older samples are not even returned. It must
-	// exceed Prometheus's scrape interval; 0 means DefaultStaleAfter.
+	// StaleAfter is the age beyond which a sample is not served. It must
+	// exceed Prometheus's scrape interval; 0 means DefaultStaleAfter. A series
+	// that Prometheus itself ended (a staleness marker: its target went or a
+	// scrape failed) is not served, however young its last sample.
 	StaleAfter time.Duration
 	// Metrics are the served metrics.
 	Metrics []metricsconfig.Metric
@@ -64,19 +66,30 @@ type Matcher struct {
 	Label, Value string
 }
 
-// Selector is the PromQL range selector of one query:
-// metric{label="value",...}[window]. Only equality matchers are built, so a
-// value is never read as a regular expression.
+// Selector is the series selector of one query, metric{label="value",...}.
+// Only equality matchers are built, so a value is never read as a regular
+// expression.
 type Selector struct {
 	// Metric is the series name.
 	Metric string
 	// Matchers are the series' own labels, then the namespace.
 	Matchers []Matcher
-	// Window is how far back the query looks.
-	Window time.Duration
 }
 
-// String renders the selector in PromQL.
+// SampleTimeLabel marks the series of a query's answer that carry the
+// sample times (the other series carry the values).
+const SampleTimeLabel = "wsscale_sample_time"
+
+// String renders the instant query of the selector: each series' current
+// value and, marked with SampleTimeLabel, the time of that sample.
+//
+//	m{l="v"} or label_replace(timestamp(m{l="v"}), "wsscale_sample_time", "true", "", "")
+//
+// An instant selector follows Prometheus's staleness handling: a series
+// ended by a staleness marker has no value (a range selector would skip the
+// marker and return the sample before it). timestamp() of a selector is the
+// sample's own time, not the evaluation time; the label keeps the time
+// series apart from the value series in the union (or ignores metric names).
 func (q Selector) String() string {
 	var b strings.Builder
 	b.WriteString(q.Metric)
@@ -89,10 +102,9 @@ func (q Selector) String() string {
 		b.WriteByte('=')
 		b.WriteString(strconv.Quote(m.Value))
 	}
-	b.WriteString("}[")
-	b.WriteString(model.Duration(q.Window).String())
-	b.WriteByte(']')
-	return b.String()
+	b.WriteByte('}')
+	sel := b.String()
+	return sel + " or label_replace(timestamp(" + sel + "), " + strconv.Quote(SampleTimeLabel) + `, "true", "", "")`
 }
 
 var _ provider.Source = (*Source)(nil)
@@ -136,15 +148,13 @@ func New(cfg Config) (*Source, error) {
 
 var labelNameRE = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
 
-// StaleAfter returns the effective staleness bound and query window.
+// StaleAfter returns the effective staleness bound.
 func (s *Source) StaleAfter() time.Duration { return s.cfg.StaleAfter }
 
 // Selector returns the query of one series in namespace: the series with
-// its labels in namespace, over the last StaleAfter, so that each sample
-// keeps its own timestamp (an instant vector would carry the evaluation
-// time instead).
+// its labels in namespace.
 func (s *Source) Selector(series metricsconfig.Series, namespace string) Selector {
-	q := Selector{Metric: series.Name, Window: s.cfg.StaleAfter}
+	q := Selector{Metric: series.Name}
 	for _, l := range series.Labels {
 		q.Matchers = append(q.Matchers, Matcher{Label: l.Name, Value: l.Value})
 	}
@@ -190,8 +200,7 @@ func (s *Source) Lookup(ctx context.Context, metric int, namespace string, pods 
 	return out, nil
 }
 
-// query runs one query and returns the latest fresh valid value by pod,
-// valid by the series' rule as in a scrape.
+// query runs one query and returns the current fresh valid value by pod.
 // A pod with more than one matching series has no value, as in a scrape.
 func (s *Source) query(ctx context.Context, q string, rule metricsconfig.ValueRule, now time.Time) (map[string]store.Point, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
@@ -200,25 +209,28 @@ func (s *Source) query(ctx context.Context, q string, rule metricsconfig.ValueRu
 	if err != nil {
 		return nil, fmt.Errorf("prometheus query %s: %w", q, err)
 	}
-	matrix, ok := v.(model.Matrix)
+	vector, ok := v.(model.Vector)
 	if !ok {
-		return nil, fmt.Errorf("prometheus query %s: got a %s, want a matrix", q, v.Type())
+		return nil, fmt.Errorf("prometheus query %s: got a %s, want a vector", q, v.Type())
 	}
-	oldest := now.Add(-s.cfg.StaleAfter)
-	series := make(map[string]int, len(matrix))
-	for _, stream := range matrix {
-		series[string(stream.Metric[model.LabelName(s.cfg.PodLabel)])]++
-	}
-	out := make(map[string]store.Point, len(matrix))
-	for _, stream := range matrix {
-		pod := string(stream.Metric[model.LabelName(s.cfg.PodLabel)])
-		if pod == "" || series[pod] > 1 || len(stream.Values) == 0 {
+	podLabel, timeLabel := model.LabelName(s.cfg.PodLabel), model.LabelName(SampleTimeLabel)
+	series := make(map[string]int, len(vector))
+	values := make(map[string]float64, len(vector))
+	times := make(map[string]time.Time, len(vector))
+	for _, smp := range vector {
+		pod := string(smp.Metric[podLabel])
+		if _, isTime := smp.Metric[timeLabel]; isTime {
+			times[pod] = time.UnixMilli(int64(math.Round(float64(smp.Value) * 1000)))
 			continue
 		}
-		last := stream.Values[len(stream.Values)-1]
-		t := last.Timestamp.Time()
-		val := float64(last.Value)
-		if t.Before(oldest) || rule.Check(val) != "" {
+		series[pod]++
+		values[pod] = float64(smp.Value)
+	}
+	oldest := now.Add(-s.cfg.StaleAfter)
+	out := make(map[string]store.Point, len(values))
+	for pod, val := range values {
+		t, ok := times[pod]
+		if pod == "" || series[pod] > 1 || !ok || t.Before(oldest) || rule.Check(val) != "" {
 			continue
 		}
 		out[pod] = store.Point{Value: val, Time: t, OK: true}

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -30,6 +31,11 @@ type fakeSample struct {
 	t time.Time
 	v string
 }
+
+// staleMarker is the value of a fake sample that stands for Prometheus's
+// staleness marker: written when a target disappears or a scrape fails, it
+// ends the series.
+const staleMarker = "stale"
 
 // fakePrometheus is a tiny TSDB behind /api/v1/query: it parses each query
 // (parsePromQL), selects the series whose labels satisfy every matcher, and
@@ -77,6 +83,10 @@ func (f *fakePrometheus) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	f.queries = append(f.queries, q)
 	f.mu.Unlock()
+	if q.window == 0 {
+		f.instant(w, q)
+		return
+	}
 	type stream struct {
 		Metric map[string]string `json:"metric"`
 		Values [][2]any          `json:"values"`
@@ -88,7 +98,8 @@ func (f *fakePrometheus) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		st := stream{Metric: s.labels}
 		for _, smp := range s.samples {
-			if smp.t.After(f.now.Add(-q.window)) && !smp.t.After(f.now) {
+			// A range selector never returns staleness markers.
+			if smp.v != staleMarker && smp.t.After(f.now.Add(-q.window)) && !smp.t.After(f.now) {
 				st.Values = append(st.Values, [2]any{float64(smp.t.UnixMilli()) / 1000, smp.v})
 			}
 		}
@@ -97,6 +108,47 @@ func (f *fakePrometheus) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	data, _ := json.Marshal(map[string]any{"resultType": "matrix", "result": result})
+	fmt.Fprintf(w, `{"status":"success","data":%s}`, data)
+}
+
+// lookbackDelta is how far back Prometheus's instant selector looks for a
+// series' latest sample (its default).
+const lookbackDelta = 5 * time.Minute
+
+// instant answers the union of values and sample times as Prometheus
+// evaluates it: each matching series' latest sample within the lookback,
+// unless that is a staleness marker; the value under the series' labels and
+// its time, in seconds, under the labels without the name plus the time label.
+func (f *fakePrometheus) instant(w http.ResponseWriter, q parsedSelector) {
+	type sample struct {
+		Metric map[string]string `json:"metric"`
+		Value  [2]any            `json:"value"`
+	}
+	result := []sample{}
+	at := float64(f.now.UnixMilli()) / 1000
+	for _, s := range f.series {
+		if s.labels["__name__"] != q.metric || !matches(s.labels, q.matchers) {
+			continue
+		}
+		var latest *fakeSample
+		for i, smp := range s.samples {
+			if smp.t.After(f.now.Add(-lookbackDelta)) && !smp.t.After(f.now) {
+				latest = &s.samples[i]
+			}
+		}
+		if latest == nil || latest.v == staleMarker {
+			continue
+		}
+		result = append(result, sample{Metric: s.labels, Value: [2]any{at, latest.v}})
+		timeLabels := map[string]string{q.timeLabel: "true"}
+		for k, v := range s.labels {
+			if k != "__name__" {
+				timeLabels[k] = v
+			}
+		}
+		result = append(result, sample{Metric: timeLabels, Value: [2]any{at, strconv.FormatFloat(float64(latest.t.UnixMilli())/1000, 'f', -1, 64)}})
+	}
+	data, _ := json.Marshal(map[string]any{"resultType": "vector", "result": result})
 	fmt.Fprintf(w, `{"status":"success","data":%s}`, data)
 }
 
@@ -151,6 +203,9 @@ func TestLookup(t *testing.T) {
 		series(now, active, "ns", "dup", map[string]string{"instance": "1"}, time.Duration(0), "1"),
 		series(now, active, "ns", "dup", map[string]string{"instance": "2"}, time.Duration(0), "2"),
 		series(now, active, "ns", "nomax", nil, time.Duration(0), "4"),
+		// Prometheus stopped scraping the pod (its target went, or the scrape failed): the
+		// staleness marker after the last sample ends the series.
+		series(now, active, "ns", "ended", nil, 20*sec, "6", 5*sec, staleMarker),
 		series(now, active, "other", "a", nil, time.Duration(0), "77"), // same pod name, another namespace
 		series(now, max, "ns", "a", nil, 2*sec, "100"),
 		series(now, max, "ns", "b", nil, time.Duration(0), "100"),
@@ -171,7 +226,7 @@ func TestLookup(t *testing.T) {
 	if src.StaleAfter() != DefaultStaleAfter {
 		t.Errorf("default stale-after %v, want %v", src.StaleAfter(), DefaultStaleAfter)
 	}
-	pods := []string{"a", "b", "slow-scrape", "stale", "nan", "neg", "frac", "dup", "nomax", "absent"}
+	pods := []string{"a", "b", "slow-scrape", "stale", "nan", "neg", "frac", "dup", "nomax", "ended", "absent"}
 	tests := []struct {
 		name      string
 		metric    int
@@ -185,13 +240,13 @@ func TestLookup(t *testing.T) {
 			name: "connections: latest fresh valid sample", metric: 0, namespace: "ns",
 			want:     map[string]float64{"a": 12, "b": 0, "slow-scrape": 9, "nomax": 4},
 			wantTime: map[string]time.Time{"a": now.Add(-sec), "b": now.Add(-3 * sec), "slow-scrape": now.Add(-45 * sec)},
-			wantQueries: []parsedSelector{{metric: active, window: DefaultStaleAfter,
+			wantQueries: []parsedSelector{{metric: active, timeLabel: SampleTimeLabel,
 				matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}}},
 		},
 		{
 			name: "the namespace is a matcher", metric: 0, namespace: "other",
 			want: map[string]float64{"a": 77},
-			wantQueries: []parsedSelector{{metric: active, window: DefaultStaleAfter,
+			wantQueries: []parsedSelector{{metric: active, timeLabel: SampleTimeLabel,
 				matchers: []parsedMatcher{{label: "namespace", op: "=", value: "other"}}}},
 		},
 		{
@@ -199,20 +254,20 @@ func TestLookup(t *testing.T) {
 			want:     map[string]float64{"a": 0.12, "b": 0},
 			wantTime: map[string]time.Time{"a": now.Add(-2 * sec), "b": now.Add(-3 * sec)},
 			wantQueries: []parsedSelector{
-				{metric: active, window: DefaultStaleAfter, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
-				{metric: max, window: DefaultStaleAfter, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
+				{metric: active, timeLabel: SampleTimeLabel, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
+				{metric: max, timeLabel: SampleTimeLabel, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
 			},
 		},
 		{
 			name: "series labels are equality matchers", metric: 2, namespace: "ns",
 			want: map[string]float64{"a": 7},
-			wantQueries: []parsedSelector{{metric: "sessions", window: DefaultStaleAfter, matchers: []parsedMatcher{
+			wantQueries: []parsedSelector{{metric: "sessions", timeLabel: SampleTimeLabel, matchers: []parsedMatcher{
 				{label: "namespace", op: "=", value: "ns"}, {label: "region", op: "=", value: "eu"},
 			}}},
 		},
 		{
 			name: "no series", metric: 0, namespace: "empty", want: map[string]float64{},
-			wantQueries: []parsedSelector{{metric: active, window: DefaultStaleAfter,
+			wantQueries: []parsedSelector{{metric: active, timeLabel: SampleTimeLabel,
 				matchers: []parsedMatcher{{label: "namespace", op: "=", value: "empty"}}}},
 		},
 	}
@@ -263,9 +318,9 @@ func TestLookupErrors(t *testing.T) {
 			name: "wrong result type",
 			handler: func(w http.ResponseWriter, _ *http.Request) {
 				w.Header().Set("Content-Type", "application/json")
-				fmt.Fprint(w, `{"status":"success","data":{"resultType":"vector","result":[]}}`)
+				fmt.Fprint(w, `{"status":"success","data":{"resultType":"matrix","result":[]}}`)
 			},
-			wantErr: "want a matrix",
+			wantErr: "want a vector",
 		},
 	}
 	for _, tt := range tests {
@@ -293,15 +348,15 @@ func TestSelectorString(t *testing.T) {
 	}{
 		{
 			name: "plain",
-			sel:  Selector{Metric: "m", Matchers: []Matcher{{Label: "namespace", Value: "ns"}}, Window: 2 * time.Minute},
-			want: parsedSelector{metric: "m", window: 2 * time.Minute, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
+			sel:  Selector{Metric: "m", Matchers: []Matcher{{Label: "namespace", Value: "ns"}}},
+			want: parsedSelector{metric: "m", timeLabel: SampleTimeLabel, matchers: []parsedMatcher{{label: "namespace", op: "=", value: "ns"}}},
 		},
 		{
 			name: "values are quoted, never patterns",
-			sel: Selector{Metric: "m", Window: 90 * time.Second, Matchers: []Matcher{
+			sel: Selector{Metric: "m", Matchers: []Matcher{
 				{Label: "a", Value: `x".*|"y`}, {Label: "b", Value: "new\nline\\"}, {Label: "c", Value: "é"},
 			}},
-			want: parsedSelector{metric: "m", window: 90 * time.Second, matchers: []parsedMatcher{
+			want: parsedSelector{metric: "m", timeLabel: SampleTimeLabel, matchers: []parsedMatcher{
 				{label: "a", op: "=", value: `x".*|"y`}, {label: "b", op: "=", value: "new\nline\\"}, {label: "c", op: "=", value: "é"},
 			}},
 		},
