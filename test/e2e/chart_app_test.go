@@ -237,6 +237,41 @@ func TestWebSocketAppChartInstalls(t *testing.T) {
 		}
 	}
 
+	// helm test opens WebSockets through the Service and passes only when every one echoes; with the
+	// Service pointing nowhere it fails, naming what failed.
+	if out, err := runHelm(ctx, root, c.Kubeconfig(), "test", release, "--namespace", appChartInstallNS, "--timeout", "2m", "--logs"); err != nil {
+		t.Errorf("helm test on a working release: %v\n%s", err, out)
+	} else if !strings.Contains(out, "echoed connections   5 of 5 opened") {
+		t.Errorf("helm test passed without 5 echoed connections in its log:\n%s", out)
+	}
+	svc, err := client.CoreV1().Services(appChartInstallNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	working := svc.Spec.Selector
+	broken := svc.DeepCopy()
+	broken.Spec.Selector = map[string]string{"app.kubernetes.io/name": "nothing"}
+	if _, err := client.CoreV1().Services(appChartInstallNS).Update(ctx, broken, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitForEndpoints(ctx, t, client, appChartInstallNS, name, 0)
+	out, err = runHelm(ctx, root, c.Kubeconfig(), "test", release, "--namespace", appChartInstallNS, "--timeout", "2m", "--logs")
+	if err == nil {
+		t.Errorf("helm test passed with a Service that selects no pod:\n%s", out)
+	} else if !strings.Contains(out, "0 of 5 connections opened") {
+		t.Errorf("helm test failed without saying why:\n%s", out)
+	} else {
+		t.Logf("helm test with the Service pointing nowhere failed as it should: %v", err)
+	}
+	svc, err = client.CoreV1().Services(appChartInstallNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Spec.Selector = working
+	if _, err := client.CoreV1().Services(appChartInstallNS).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// A pod deleted with clients on it runs the chart's preStop sleep, then drains over DRAIN_TIMEOUT
 	// within the grace period the chart derived: every client gets 1001, none is cut abruptly.
 	victim := pods[0]
