@@ -239,10 +239,11 @@ func TestWebSocketAppChartInstalls(t *testing.T) {
 
 	// helm test opens WebSockets through the Service and passes only when every one echoes; with the
 	// Service pointing nowhere it fails, naming what failed.
-	if out, err := runHelm(ctx, root, c.Kubeconfig(), "test", release, "--namespace", appChartInstallNS, "--timeout", "2m", "--logs"); err != nil {
+	// (A passed test pod is deleted, as the chart asks: no --logs here, helm could not read them.)
+	if out, err := runHelm(ctx, root, c.Kubeconfig(), "test", release, "--namespace", appChartInstallNS, "--timeout", "2m"); err != nil {
 		t.Errorf("helm test on a working release: %v\n%s", err, out)
-	} else if !strings.Contains(out, "echoed connections   5 of 5 opened") {
-		t.Errorf("helm test passed without 5 echoed connections in its log:\n%s", out)
+	} else if !strings.Contains(out, "Phase:          Succeeded") {
+		t.Errorf("helm test passed without a Succeeded test pod:\n%s", out)
 	}
 	svc, err := client.CoreV1().Services(appChartInstallNS).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
