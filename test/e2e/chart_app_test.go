@@ -594,3 +594,62 @@ func TestWebSocketAppValuesSchema(t *testing.T) {
 		})
 	}
 }
+
+// TestWebSocketAppChartDashboard renders the chart with the Grafana dashboard on: one ConfigMap with the
+// sidecar's label, whose data is the generated dashboard, byte for byte and valid JSON. Off by default.
+// It needs no cluster.
+func TestWebSocketAppChartDashboard(t *testing.T) {
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.EnsureBinaries(root); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	want, err := os.ReadFile(filepath.Join(root, appChart, "files", "dashboards", "websocket-app.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	render := func(set ...string) []*unstructured.Unstructured {
+		t.Helper()
+		out, err := runHelm(ctx, root, "", append([]string{"template", "check", filepath.Join(root, appChart), "--namespace", "apps"}, set...)...)
+		if err != nil {
+			t.Fatalf("helm template %v: %v\n%s", set, err, out)
+		}
+		objs, err := decodeObjects([]byte(out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var maps []*unstructured.Unstructured
+		for _, o := range objs {
+			if o.GetKind() == "ConfigMap" {
+				maps = append(maps, o)
+			}
+		}
+		return maps
+	}
+	if maps := render(); len(maps) != 0 {
+		t.Errorf("the default values render %d ConfigMaps, want none (the dashboard is optional)", len(maps))
+	}
+	maps := render("--set", "grafanaDashboard.enabled=true", "--set", "grafanaDashboard.namespace=monitoring")
+	if len(maps) != 1 {
+		t.Fatalf("%d ConfigMaps with the dashboard on, want 1", len(maps))
+	}
+	cm := maps[0]
+	if cm.GetLabels()["grafana_dashboard"] != "1" || cm.GetNamespace() != "monitoring" {
+		t.Errorf("ConfigMap %s/%s labels %v: want grafana_dashboard=1 in monitoring", cm.GetNamespace(), cm.GetName(), cm.GetLabels())
+	}
+	data, _, _ := unstructured.NestedString(cm.Object, "data", "websocket-app.json")
+	if data != strings.TrimSpace(string(want)) {
+		t.Errorf("the ConfigMap's dashboard differs from %s/files/dashboards/websocket-app.json", appChart)
+	}
+	var board struct {
+		UID    string           `json:"uid"`
+		Panels []map[string]any `json:"panels"`
+	}
+	if err := json.Unmarshal([]byte(data), &board); err != nil || board.UID == "" || len(board.Panels) == 0 {
+		t.Errorf("the ConfigMap's dashboard is not a dashboard: %v (uid %q, %d panels)", err, board.UID, len(board.Panels))
+	}
+}
