@@ -219,7 +219,7 @@ var (
 	labelMatchers = regexp.MustCompile(`\{[^}]*\}|\[[^\]]*\]`)
 	grouping      = regexp.MustCompile(`\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)`)
 	identifier    = regexp.MustCompile(`[A-Za-z_:][A-Za-z0-9_:]*`)
-	promqlWords = map[string]bool{
+	promqlWords   = map[string]bool{
 		"by": true, "without": true, "on": true, "ignoring": true, "group_left": true, "group_right": true,
 		"and": true, "or": true, "unless": true, "bool": true, "offset": true,
 	}
