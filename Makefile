@@ -45,7 +45,7 @@ test-unit:
 	$(GO) test -race -count=1 -timeout 40m ./...
 
 ## verify: static checks that must pass before a change lands.
-verify: verify-gofmt vet verify-crds verify-chart verify-chart-crds
+verify: verify-gofmt vet verify-crds verify-chart verify-chart-crds verify-dashboard
 
 verify-gofmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^hack/tools/')); \
@@ -148,6 +148,18 @@ lint-charts:
 ## update-manifests: render every chart scenario into deploy/manifests/ for kubectl users.
 update-manifests:
 	hack/update-manifests.sh
+
+## update-dashboard: regenerate the websocket-app chart's Grafana dashboard from code (hack/dashboard, Grafana Foundation SDK).
+DASHBOARD := deploy/helm/websocket-app/files/dashboards/websocket-app.json
+.PHONY: update-dashboard verify-dashboard
+update-dashboard:
+	cd hack/dashboard && $(GO) run . $(CURDIR)/$(DASHBOARD)
+
+## verify-dashboard: fail when the committed dashboard is not what hack/dashboard generates.
+verify-dashboard:
+	@tmp=$$(mktemp); trap 'rm -f "$$tmp"' EXIT; \
+	(cd hack/dashboard && $(GO) run . "$$tmp") && diff -u $(DASHBOARD) "$$tmp" >/dev/null \
+		|| { echo "$(DASHBOARD) is stale: run make update-dashboard"; exit 1; }
 
 ## verify-manifests: fail when deploy/manifests/ is not what the charts render today.
 verify-manifests:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The demo: starts the local cluster, runs the reference WebSocket server as a Deployment behind a
-# NodePort Service, the custom metrics adapter (with the ScaleGuard controller) and holds
-# deliberately uneven connections on four echo pods with the load client. Then an HPA, pointed at a
-# ScaleGuard, asks for two pods: the guard drains the two least-connected pods (their clients get a
+# The demo: starts the local cluster, installs the custom metrics adapter (with the ScaleGuard
+# controller) and the reference WebSocket server with their charts (the server as a Deployment behind
+# a NodePort Service, with a ScaleGuard and an HPA), and holds deliberately uneven connections on four
+# echo pods with the load client. Then the HPA, pointed at the ScaleGuard, asks for two pods: the guard drains the two least-connected pods (their clients get a
 # 1001 close frame and reconnect to the others) before it lowers the Deployment, and its Events say
 # which pods it chose and why. The demo compares the clients cut with what a choice blind to
 # connections (the ReplicaSet's, under a plain HPA) would cut.
@@ -29,12 +29,16 @@ helm=.local/bin/helm # pinned, built by cluster-up
 KUBECONFIG="$kubeconfig" "$helm" upgrade --install wsscale deploy/helm/wsscale -n wsscale-system --create-namespace \
   --set adapter.scrapeInterval=2s
 k wait --for=condition=Established --timeout=60s crd/scaleguards.autoscaling.wsscale.io
-echo "== the echo server: a Deployment of 4 pods behind a NodePort Service"
+echo "== the echo server with its chart (deploy/helm/websocket-app, values hack/demo/chart/echo-values.yaml):"
+echo "   a Deployment behind a NodePort Service, a ScaleGuard between it and an HPA held at 4 pods for now"
 k create namespace "$ns" --dry-run=client -o yaml | k apply -f -
-# A rerun starts without the previous run's HPA and guard (deleting the guard keeps the Deployment's size).
-k -n "$ns" delete hpa/echo scaleguard/echo --ignore-not-found --wait=true
-k apply -f hack/demo/echo.yaml
-k -n "$ns" scale deployment/echo --replicas=4
+# Objects of an earlier demo that applied plain manifests are not the chart's: remove them first.
+if ! KUBECONFIG="$kubeconfig" "$helm" status echo -n "$ns" >/dev/null 2>&1; then
+  k -n "$ns" delete hpa/echo scaleguard/echo deployment/echo service/echo --ignore-not-found --wait=true
+fi
+# A rerun's upgrade puts the HPA's bounds back to 4, and the guard scales the Deployment up to them.
+KUBECONFIG="$kubeconfig" "$helm" upgrade --install echo deploy/helm/websocket-app -n "$ns" -f hack/demo/chart/echo-values.yaml
+k -n "$ns" wait --for=jsonpath='{.status.replicas}'=4 deployment/echo --timeout=180s
 k -n "$ns" rollout status deployment/echo --timeout=180s
 k -n wsscale-system rollout status deployment/wsscale --timeout=180s
 case "$ingress" in
@@ -106,17 +110,18 @@ sleep 2
 echo "== connections per pod, from /apis/custom.metrics.k8s.io"
 show_pods
 
-echo "== a ScaleGuard between the HPA and the Deployment (hack/demo/scaleguard.yaml): at most 100 clients cut per minute"
-k apply -f hack/demo/scaleguard.yaml
+echo "== the chart's ScaleGuard between the HPA and the Deployment: at most 100 clients cut per minute"
 k -n "$ns" wait --for=jsonpath='{.spec.replicas}'=4 scaleguard/echo --timeout=90s
+k -n "$ns" get scaleguard echo
 # What a choice blind to connections would cut taking 4 pods to 2: the ReplicaSet ranks by
 # readiness, deletion cost, node and age, never by clients.
 read -r guard_cut blind_avg blind_worst < <(pod_values | sort -k2 -n | awk '{v[NR]=$2; s+=$2} END{print v[1]+v[2], int(s/2), v[3]+v[4]}')
 
 bin/kubectl-wsscale --kubeconfig "$kubeconfig" -n "$ns" record echo --duration 10m -o .local/demo-timeline.svg >/dev/null &
 record=$!
-echo "== the HPA (hack/demo/hpa.yaml) targets the ScaleGuard: 700 connections per pod on average asks for 2 pods"
-k apply -f hack/demo/hpa.yaml
+echo "== the HPA targets the ScaleGuard; helm upgrade lowers its minimum to 2: 700 connections per pod on average ask for 2 pods"
+KUBECONFIG="$kubeconfig" "$helm" upgrade echo deploy/helm/websocket-app -n "$ns" --reuse-values \
+  --set autoscaling.minReplicas=2,autoscaling.maxReplicas=6
 last=""
 for _ in $(seq 150); do
   state=$(k -n "$ns" get scaleguard echo -o jsonpath='desired {.spec.replicas}, applied {.status.appliedReplicas}, {.status.state} {.status.step.victims[*].name}')

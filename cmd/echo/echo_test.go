@@ -400,6 +400,31 @@ func TestInvalidConfigurationFailsAtStart(t *testing.T) {
 	}
 }
 
+// The load client's exit status says whether the target works: every connection opened and echoed
+// against a live server; non-zero, naming what failed, against a port nobody listens on.
+func TestLoadClientExpectations(t *testing.T) {
+	p := startEcho(t)
+	args := []string{"load", "-c", "5", "--rate", "0", "--message-interval", "50ms", "--messages", "1", "-d", "500ms", "-q",
+		"--min-connected", "5", "--expect-echo"}
+	out, err := exec.Command(echoBin, append(args, "--url", fmt.Sprintf("ws://127.0.0.1:%d/ws", p.port))...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("load against a live server: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "echoed connections   5 of 5 opened") {
+		t.Errorf("summary lacks the echoed connections:\n%s", out)
+	}
+	out, err = exec.Command(echoBin, append(args, "--url", fmt.Sprintf("ws://127.0.0.1:%d/ws", freePort(t)))...).CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+		t.Fatalf("load against a closed port: %v, want a non-zero exit\n%s", err, out)
+	}
+	for _, want := range []string{"0 of 5 connections opened, want at least 5", "no connection opened", "refused:5"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 func TestLoadClientAgainstServer(t *testing.T) {
 	p := startEcho(t, "MAX_CONNECTIONS=50")
 	out, err := exec.Command(echoBin, "load", "--url", fmt.Sprintf("ws://127.0.0.1:%d/ws", p.port),

@@ -124,13 +124,15 @@ type Snapshot struct {
 
 // Result is the summary of a run.
 type Result struct {
-	URL             string           `json:"url"`
-	Target          int              `json:"targetConnections"`
-	PeakOpen        int64            `json:"peakOpen"`
-	Opened          int64            `json:"opened"`
-	DialErrors      map[string]int64 `json:"dialErrors"`
-	Sent            int64            `json:"messagesSent"`
-	Received        int64            `json:"messagesReceived"`
+	URL        string           `json:"url"`
+	Target     int              `json:"targetConnections"`
+	PeakOpen   int64            `json:"peakOpen"`
+	Opened     int64            `json:"opened"`
+	DialErrors map[string]int64 `json:"dialErrors"`
+	Sent       int64            `json:"messagesSent"`
+	Received   int64            `json:"messagesReceived"`
+	// Echoed counts the connections that received at least one correct echo of their own message.
+	Echoed          int64            `json:"echoedConnections"`
 	Mismatched      int64            `json:"messagesMismatched"`
 	MessagesPerSec  float64          `json:"messagesPerSecond"`
 	RTT             Latency          `json:"roundTrip"`
@@ -170,7 +172,7 @@ type run struct {
 	header http.Header
 	rtt    shardedHistogram
 
-	open, peak, opened, dialErrs, sent, received, mismatched, abnormal, byClient atomic.Int64
+	open, peak, opened, dialErrs, sent, received, echoed, mismatched, abnormal, byClient atomic.Int64
 
 	mu         sync.Mutex
 	closes     map[int]int64
@@ -318,6 +320,7 @@ func (r *run) result(rampUp time.Duration) *Result {
 		Opened:         r.opened.Load(),
 		Sent:           r.sent.Load(),
 		Received:       r.received.Load(),
+		Echoed:         r.echoed.Load(),
 		Mismatched:     r.mismatched.Load(),
 		AbnormalDrops:  r.abnormal.Load(),
 		ClosedByClient: r.byClient.Load(),
@@ -486,6 +489,7 @@ func (r *run) closeGracefully(ws *websocket.Conn, readDone <-chan error) {
 }
 
 func (r *run) readEchoes(ws *websocket.Conn, id int, echoed chan<- struct{}) error {
+	first := true
 	for {
 		_, data, err := ws.ReadMessage()
 		if err != nil {
@@ -498,6 +502,10 @@ func (r *run) readEchoes(ws *websocket.Conn, id int, echoed chan<- struct{}) err
 			continue
 		}
 		r.received.Add(1)
+		if first {
+			first = false
+			r.echoed.Add(1)
+		}
 		r.rtt.record(id, now-sent)
 		select {
 		case echoed <- struct{}{}:

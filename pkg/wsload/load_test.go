@@ -82,6 +82,7 @@ type echoServer struct {
 	addr     string
 	closeAll atomic.Int32 // when set, the server ends every connection with this close code
 	cut      atomic.Bool  // when set, the server drops connections without a close frame
+	garble   atomic.Bool  // when set, the server answers every message with a different one
 	accepted atomic.Int32
 }
 
@@ -138,6 +139,9 @@ func startEcho(t *testing.T) *echoServer {
 			kind, msg, err := c.ReadMessage()
 			if err != nil {
 				return
+			}
+			if es.garble.Load() {
+				msg = []byte("not your message")
 			}
 			if err := c.WriteMessage(kind, msg); err != nil {
 				return
@@ -202,13 +206,34 @@ func TestRunStopsSendingAfterMessagesPerConnection(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if res.Sent != 20 || res.Received != 20 {
-				t.Errorf("sent %d, received %d; want 2 per connection", res.Sent, res.Received)
+			if res.Sent != 20 || res.Received != 20 || res.Echoed != 10 {
+				t.Errorf("sent %d, received %d, echoed connections %d; want 2 per connection, each echoed", res.Sent, res.Received, res.Echoed)
 			}
 			if res.ClosedByClient != 10 || res.AbnormalDrops != 0 {
 				t.Errorf("closed by client %d, drops %d; want the idle connections held to the end", res.ClosedByClient, res.AbnormalDrops)
 			}
 		})
+	}
+}
+
+// A server that answers with something else than the message echoes no connection.
+func TestRunCountsOnlyCorrectEchoes(t *testing.T) {
+	es := startEcho(t)
+	es.garble.Store(true)
+	cfg := DefaultConfig()
+	cfg.URL = "ws://" + es.addr + "/ws"
+	cfg.Connections = 5
+	cfg.ConnectRate = 0
+	cfg.MessageInterval = 10 * time.Millisecond
+	cfg.MessagesPerConnection = 1
+	cfg.Duration = 200 * time.Millisecond
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Opened != 5 || res.Sent != 5 || res.Mismatched != 5 || res.Received != 0 || res.Echoed != 0 {
+		t.Errorf("opened %d, sent %d, mismatched %d, received %d, echoed connections %d; want 5, 5, 5, 0, 0",
+			res.Opened, res.Sent, res.Mismatched, res.Received, res.Echoed)
 	}
 }
 

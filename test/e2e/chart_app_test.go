@@ -237,6 +237,42 @@ func TestWebSocketAppChartInstalls(t *testing.T) {
 		}
 	}
 
+	// helm test opens WebSockets through the Service and passes only when every one echoes; with the
+	// Service pointing nowhere it fails, naming what failed.
+	// (A passed test pod is deleted, as the chart asks: no --logs here, helm could not read them.)
+	if out, err := runHelm(ctx, root, c.Kubeconfig(), "test", release, "--namespace", appChartInstallNS, "--timeout", "2m"); err != nil {
+		t.Errorf("helm test on a working release: %v\n%s", err, out)
+	} else if !strings.Contains(out, "Phase:          Succeeded") {
+		t.Errorf("helm test passed without a Succeeded test pod:\n%s", out)
+	}
+	svc, err := client.CoreV1().Services(appChartInstallNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	working := svc.Spec.Selector
+	broken := svc.DeepCopy()
+	broken.Spec.Selector = map[string]string{"app.kubernetes.io/name": "nothing"}
+	if _, err := client.CoreV1().Services(appChartInstallNS).Update(ctx, broken, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitForEndpoints(ctx, t, client, appChartInstallNS, name, 0)
+	out, err = runHelm(ctx, root, c.Kubeconfig(), "test", release, "--namespace", appChartInstallNS, "--timeout", "2m", "--logs")
+	if err == nil {
+		t.Errorf("helm test passed with a Service that selects no pod:\n%s", out)
+	} else if !strings.Contains(out, "0 of 5 connections opened") {
+		t.Errorf("helm test failed without saying why:\n%s", out)
+	} else {
+		t.Logf("helm test with the Service pointing nowhere failed as it should: %v", err)
+	}
+	svc, err = client.CoreV1().Services(appChartInstallNS).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc.Spec.Selector = working
+	if _, err := client.CoreV1().Services(appChartInstallNS).Update(ctx, svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
 	// A pod deleted with clients on it runs the chart's preStop sleep, then drains over DRAIN_TIMEOUT
 	// within the grace period the chart derived: every client gets 1001, none is cut abruptly.
 	victim := pods[0]
@@ -558,5 +594,64 @@ func TestWebSocketAppValuesSchema(t *testing.T) {
 				t.Fatalf("helm template %v: error does not contain %q:\n%s", tc.set, tc.want, out)
 			}
 		})
+	}
+}
+
+// TestWebSocketAppChartDashboard renders the chart with the Grafana dashboard on: one ConfigMap with the
+// sidecar's label, whose data is the generated dashboard, byte for byte and valid JSON. Off by default.
+// It needs no cluster.
+func TestWebSocketAppChartDashboard(t *testing.T) {
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := framework.EnsureBinaries(root); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	want, err := os.ReadFile(filepath.Join(root, appChart, "files", "dashboards", "websocket-app.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	render := func(set ...string) []*unstructured.Unstructured {
+		t.Helper()
+		out, err := runHelm(ctx, root, "", append([]string{"template", "check", filepath.Join(root, appChart), "--namespace", "apps"}, set...)...)
+		if err != nil {
+			t.Fatalf("helm template %v: %v\n%s", set, err, out)
+		}
+		objs, err := decodeObjects([]byte(out))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var maps []*unstructured.Unstructured
+		for _, o := range objs {
+			if o.GetKind() == "ConfigMap" {
+				maps = append(maps, o)
+			}
+		}
+		return maps
+	}
+	if maps := render(); len(maps) != 0 {
+		t.Errorf("the default values render %d ConfigMaps, want none (the dashboard is optional)", len(maps))
+	}
+	maps := render("--set", "grafanaDashboard.enabled=true", "--set", "grafanaDashboard.namespace=monitoring")
+	if len(maps) != 1 {
+		t.Fatalf("%d ConfigMaps with the dashboard on, want 1", len(maps))
+	}
+	cm := maps[0]
+	if cm.GetLabels()["grafana_dashboard"] != "1" || cm.GetNamespace() != "monitoring" {
+		t.Errorf("ConfigMap %s/%s labels %v: want grafana_dashboard=1 in monitoring", cm.GetNamespace(), cm.GetName(), cm.GetLabels())
+	}
+	data, _, _ := unstructured.NestedString(cm.Object, "data", "websocket-app.json")
+	if data != strings.TrimSpace(string(want)) {
+		t.Errorf("the ConfigMap's dashboard differs from %s/files/dashboards/websocket-app.json", appChart)
+	}
+	var board struct {
+		UID    string           `json:"uid"`
+		Panels []map[string]any `json:"panels"`
+	}
+	if err := json.Unmarshal([]byte(data), &board); err != nil || board.UID == "" || len(board.Panels) == 0 {
+		t.Errorf("the ConfigMap's dashboard is not a dashboard: %v (uid %q, %d panels)", err, board.UID, len(board.Panels))
 	}
 }

@@ -64,8 +64,6 @@ func TestDemoManifestsAreAccepted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The demo's ScaleGuard needs its CRD, as the demo installs it first.
-	installScaleGuardCRD(ctx, t, dyn)
 	disco, err := discovery.NewDiscoveryClientForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -174,3 +174,16 @@ func TestScaleGuardCRD(t *testing.T) {
 		}
 	}
 }
+
+// getScaleGuard reads a ScaleGuard through the dynamic client.
+func getScaleGuard(ctx context.Context, dyn dynamic.Interface, ns, name string) (*autoscalingv1alpha1.ScaleGuard, error) {
+	u, err := dyn.Resource(scaleGuardResource).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var g autoscalingv1alpha1.ScaleGuard
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &g); err != nil {
+		return nil, err
+	}
+	return &g, nil
+}

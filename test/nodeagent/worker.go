@@ -596,7 +596,12 @@ func (w *podWorker) startContainer(ctx context.Context, i int, now time.Time) {
 	}
 	if content, own := resolvConf(pod, w.agent.opts.ClusterDNS, w.agent.opts.ClusterDomain); own {
 		path := filepath.Join(w.podDir, "resolv.conf")
-		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		// A pod without volumes has no directory yet.
+		err := os.MkdirAll(w.podDir, 0o755)
+		if err == nil {
+			err = os.WriteFile(path, []byte(content), 0o644)
+		}
+		if err != nil {
 			for _, r := range release {
 				r()
 			}

@@ -25,6 +25,10 @@ type LoadOptions struct {
 	output       string
 	quiet        bool
 	maxDropRatio float64
+	// minConnected is how many connections must open for the run to pass (0: no check).
+	minConnected int
+	// expectEcho makes the run fail unless every connection that opened got its messages echoed.
+	expectEcho bool
 }
 
 // NewLoadOptions returns the defaults.
@@ -53,6 +57,8 @@ func (o *LoadOptions) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVarP(&o.quiet, "quiet", "q", o.quiet, "Print no progress lines.")
 	fs.StringVarP(&o.output, "output", "o", o.output, "Summary format: text or json.")
 	fs.Float64Var(&o.maxDropRatio, "max-drop-ratio", o.maxDropRatio, "Exit non-zero if abnormal drops exceed this fraction of opened connections (negative: never).")
+	fs.IntVar(&o.minConnected, "min-connected", o.minConnected, "Exit non-zero if fewer connections than this opened (0: no check).")
+	fs.BoolVar(&o.expectEcho, "expect-echo", o.expectEcho, "Exit non-zero unless at least one connection opened and every opened connection got a correct echo (needs --message-interval or --flood).")
 }
 
 // Config returns the load configuration, or every problem with the options.
@@ -75,8 +81,37 @@ func (o *LoadOptions) Config() (wsload.Config, error) {
 		}
 		cfg.SourcePrefix = p
 	}
+	if o.minConnected < 0 || o.minConnected > cfg.Connections {
+		errs = append(errs, fmt.Errorf("--min-connected: want 0 to --connections (%d), got %d", cfg.Connections, o.minConnected))
+	}
+	if o.expectEcho && cfg.MessageInterval == 0 && !cfg.Flood {
+		errs = append(errs, errors.New("--expect-echo: no message would be sent; set --message-interval or --flood"))
+	}
 	errs = append(errs, cfg.Validate()...)
 	return cfg, errors.Join(errs...)
+}
+
+// Check returns every expectation of the options that res does not meet, joined, or nil: the
+// reason the command exits non-zero.
+func (o *LoadOptions) Check(res *wsload.Result) error {
+	var errs []error
+	if o.minConnected > 0 && res.Opened < int64(o.minConnected) {
+		errs = append(errs, fmt.Errorf("%d of %d connections opened, want at least %d (dial errors %s)",
+			res.Opened, res.Target, o.minConnected, formatCodes(res.DialErrors)))
+	}
+	if o.expectEcho {
+		switch {
+		case res.Opened == 0:
+			errs = append(errs, fmt.Errorf("no connection opened, so nothing was echoed (dial errors %s)", formatCodes(res.DialErrors)))
+		case res.Echoed < res.Opened || res.Mismatched > 0:
+			errs = append(errs, fmt.Errorf("%d of %d opened connections got a correct echo, %d messages came back different; want every connection echoed",
+				res.Echoed, res.Opened, res.Mismatched))
+		}
+	}
+	if o.maxDropRatio >= 0 && res.Opened > 0 && float64(res.AbnormalDrops)/float64(res.Opened) > o.maxDropRatio {
+		errs = append(errs, fmt.Errorf("%d of %d connections dropped abnormally", res.AbnormalDrops, res.Opened))
+	}
+	return errors.Join(errs...)
 }
 
 func isLoopbackHost(h string) bool {
@@ -94,7 +129,8 @@ func NewLoadCommand(ctx context.Context) *cobra.Command {
 		Use:   "load",
 		Short: "Open many WebSocket connections, send timestamped messages and report round trips and closes",
 		Example: `  wsecho load --url ws://127.0.0.1:8080/ws -c 10000 --rate 2000 --duration 60s
-  wsecho load --url ws://127.0.0.1:8080/ws -c 1000 --flood --message-size 1024 -d 20s -o json`,
+  wsecho load --url ws://127.0.0.1:8080/ws -c 1000 --flood --message-size 1024 -d 20s -o json
+  wsecho load --url ws://echo.default.svc/ws -c 5 --message-interval 500ms --messages 1 -d 3s --min-connected 5 --expect-echo`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		Args:          cobra.NoArgs,
@@ -119,8 +155,8 @@ func NewLoadCommand(ctx context.Context) *cobra.Command {
 			} else {
 				printSummary(cmd.OutOrStdout(), res)
 			}
-			if o.maxDropRatio >= 0 && res.Opened > 0 && float64(res.AbnormalDrops)/float64(res.Opened) > o.maxDropRatio {
-				return fmt.Errorf("%d of %d connections dropped abnormally", res.AbnormalDrops, res.Opened)
+			if err := o.Check(res); err != nil {
+				return fmt.Errorf("load run failed:\n%w", err)
 			}
 			return nil
 		},
@@ -151,6 +187,7 @@ func printSummary(w io.Writer, r *wsload.Result) {
 	fmt.Fprintf(w, "connections          target %d, opened %d, peak open %d, ramp-up %s\n", r.Target, r.Opened, r.PeakOpen, r.RampUp)
 	fmt.Fprintf(w, "dial errors          %s\n", formatCodes(r.DialErrors))
 	fmt.Fprintf(w, "messages             sent %d, echoed %d, mismatched %d, %.0f/s\n", r.Sent, r.Received, r.Mismatched, r.MessagesPerSec)
+	fmt.Fprintf(w, "echoed connections   %d of %d opened\n", r.Echoed, r.Opened)
 	fmt.Fprintf(w, "round trip           p50 %s, p90 %s, p99 %s, max %s (%d samples)\n", r.RTT.P50, r.RTT.P90, r.RTT.P99, r.RTT.Max, r.RTT.Count)
 	fmt.Fprintf(w, "closed by server     %s (by close code)\n", formatCodes(r.ClosesByCode))
 	fmt.Fprintf(w, "abnormal drops       %d (no close frame)\n", r.AbnormalDrops)

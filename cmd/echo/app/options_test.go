@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"github.com/wsscale/wsscale/pkg/wsload"
 )
 
 func env(vars map[string]string) func(string) (string, bool) {
@@ -112,6 +114,10 @@ func TestLoadOptions(t *testing.T) {
 		{name: "bad url", args: []string{"--url=http://x/"}, wantErr: "url"},
 		{name: "bad output", args: []string{"--output=yaml"}, wantErr: "--output"},
 		{name: "bad range", args: []string{"--source-range=10.0.0.0"}, wantErr: "--source-range"},
+		{name: "min connected above connections", args: []string{"-c=5", "--min-connected=6"}, wantErr: "--min-connected"},
+		{name: "negative min connected", args: []string{"--min-connected=-1"}, wantErr: "--min-connected"},
+		{name: "echo expected but nothing sent", args: []string{"--expect-echo"}, wantErr: "--expect-echo"},
+		{name: "echo expected with messages", args: []string{"--url=ws://198.18.1.5:8080/ws", "--expect-echo", "--message-interval=1s", "--min-connected=100"}, wantSource: "invalid Prefix"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -133,6 +139,68 @@ func TestLoadOptions(t *testing.T) {
 			}
 			if got := cfg.SourcePrefix.String(); got != tt.wantSource {
 				t.Errorf("source prefix = %s, want %s", got, tt.wantSource)
+			}
+		})
+	}
+}
+
+func TestLoadCheck(t *testing.T) {
+	good := wsload.Result{Target: 5, Opened: 5, Sent: 5, Received: 5, Echoed: 5}
+	tests := []struct {
+		name   string
+		args   []string
+		result func(r *wsload.Result)
+		want   []string // substrings of the error; none: the run passes
+	}{
+		{name: "no expectations, nothing opened", result: func(r *wsload.Result) { *r = wsload.Result{Target: 5} }},
+		{name: "every expectation met", args: []string{"--min-connected=5", "--expect-echo"}},
+		{name: "fewer connected than required", args: []string{"--min-connected=5"},
+			result: func(r *wsload.Result) { r.Opened, r.Echoed, r.DialErrors = 3, 3, map[string]int64{"refused": 2} },
+			want:   []string{"3 of 5 connections opened, want at least 5", "refused:2"}},
+		{name: "no connection at all", args: []string{"--expect-echo", "--min-connected=1"},
+			result: func(r *wsload.Result) { *r = wsload.Result{Target: 5, DialErrors: map[string]int64{"timeout": 5}} },
+			want:   []string{"0 of 5 connections opened", "no connection opened", "timeout:5"}},
+		{name: "a connection without echo", args: []string{"--expect-echo"},
+			result: func(r *wsload.Result) { r.Echoed = 4 },
+			want:   []string{"4 of 5 opened connections got a correct echo"}},
+		{name: "wrong echoes", args: []string{"--expect-echo"},
+			result: func(r *wsload.Result) { r.Echoed, r.Mismatched = 0, 5 },
+			want:   []string{"0 of 5 opened connections", "5 messages came back different"}},
+		{name: "echo not expected, none came", args: []string{"--min-connected=5"},
+			result: func(r *wsload.Result) { r.Echoed, r.Received = 0, 0 }},
+		{name: "abnormal drops over the ratio", args: []string{"--max-drop-ratio=0.1"},
+			result: func(r *wsload.Result) { r.AbnormalDrops = 1 },
+			want:   []string{"1 of 5 connections dropped abnormally"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := NewLoadOptions()
+			fs := pflag.NewFlagSet("load", pflag.ContinueOnError)
+			o.AddFlags(fs)
+			if err := fs.Parse(append([]string{"-c=5", "--message-interval=1s"}, tt.args...)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := o.Config(); err != nil {
+				t.Fatal(err)
+			}
+			res := good
+			if tt.result != nil {
+				tt.result(&res)
+			}
+			err := o.Check(&res)
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("Check: %v, want the run to pass", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Check passed; want an error containing %q", tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("Check: %v; want it to contain %q", err, w)
+				}
 			}
 		})
 	}

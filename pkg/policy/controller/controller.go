@@ -99,8 +99,24 @@ func (r *Reconciler) SetupWithManager(mgr manager.Manager) error {
 		Complete(r)
 }
 
-// Reconcile makes one decision for a guard and carries it out.
+// conflictRequeue is how soon a guard is decided again after a write lost to a concurrent change.
+const conflictRequeue = 200 * time.Millisecond
+
+// Reconcile makes one decision for a guard and carries it out. A write that conflicts with a
+// change made since the guard or its target was read (the HPA writing spec.replicas through
+// /scale, a user, the ReplicaSet controller) is not an error: the decision was made on facts that
+// are gone, so it is made again, soon, from the new ones, and nothing is logged as a failure.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	res, err := r.decide(ctx, req)
+	if apierrors.IsConflict(err) {
+		klog.V(2).InfoS("ScaleGuard or its target changed while deciding; deciding again", "scaleGuard", req.NamespacedName, "conflict", err.Error())
+		return reconcile.Result{RequeueAfter: conflictRequeue}, nil
+	}
+	return res, err
+}
+
+// decide reads the guard and its target, makes one decision and carries it out.
+func (r *Reconciler) decide(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
 	var g v1alpha1.ScaleGuard
 	if err := r.APIReader.Get(ctx, req.NamespacedName, &g); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -10,8 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/events"
@@ -19,6 +22,7 @@ import (
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	"github.com/wsscale/wsscale/pkg/apis/autoscaling/v1alpha1"
@@ -103,6 +107,12 @@ func guard(replicas *int32) *v1alpha1.ScaleGuard {
 
 func newFixture(t *testing.T, objs ...client.Object) *fixture {
 	t.Helper()
+	return newFixtureWith(t, interceptor.Funcs{}, objs...)
+}
+
+// newFixtureWith builds the fixture on a fake client whose calls go through funcs first.
+func newFixtureWith(t *testing.T, funcs interceptor.Funcs, objs ...client.Object) *fixture {
+	t.Helper()
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
@@ -110,7 +120,8 @@ func newFixture(t *testing.T, objs ...client.Object) *fixture {
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
 		t.Fatal(err)
 	}
-	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.ScaleGuard{}).WithObjects(objs...).Build()
+	c := fake.NewClientBuilder().WithScheme(scheme).WithStatusSubresource(&v1alpha1.ScaleGuard{}).WithObjects(objs...).
+		WithInterceptorFuncs(funcs).Build()
 	f := &fixture{client: c, metrics: &fakeMetrics{values: map[string]*policy.Metrics{}}, recorder: events.NewFakeRecorder(100),
 		clock: testingclock.NewFakeClock(t0)}
 	f.registry = prometheus.NewRegistry()
@@ -349,6 +360,65 @@ func TestReconcileTargets(t *testing.T) {
 			}
 			if got != tt.want {
 				t.Errorf("Ready = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}
+
+// A status update that loses to a concurrent change of the guard is not a reconcile error (the
+// controller would log it as one): the decision is made again shortly, and then it is written.
+// Any other failure is still an error.
+func TestReconcileRetriesConflictsQuietly(t *testing.T) {
+	objs := func() []client.Object {
+		return []client.Object{guard(ptr.To[int32](2)), deployment(3), replicaSet(),
+			servingPod("a", 3*time.Hour), servingPod("b", 2*time.Hour), servingPod("c", time.Hour)}
+	}
+	values := map[string]*policy.Metrics{
+		"a": {Connections: 50, ScrapeStart: t0.Add(-time.Second)},
+		"b": {Connections: 2, ScrapeStart: t0.Add(-time.Second)},
+		"c": {Connections: 9, ScrapeStart: t0.Add(-time.Second)},
+	}
+	gr := schema.GroupResource{Group: v1alpha1.SchemeGroupVersion.Group, Resource: "scaleguards"}
+	for _, tc := range []struct {
+		name    string
+		failure error
+		wantErr bool
+	}{
+		{name: "conflict", failure: apierrors.NewConflict(gr, "g", errors.New("the object has been modified"))},
+		{name: "server error", failure: apierrors.NewInternalError(errors.New("etcd unavailable")), wantErr: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			failures := 1
+			f := newFixtureWith(t, interceptor.Funcs{
+				SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
+					if sub == "status" && failures > 0 {
+						failures--
+						return tc.failure
+					}
+					return c.SubResource(sub).Update(ctx, obj, opts...)
+				},
+			}, objs()...)
+			f.metrics.values = values
+			res, err := f.r.Reconcile(context.Background(), reconcile.Request{NamespacedName: types.NamespacedName{Namespace: ns, Name: "g"}})
+			if tc.wantErr {
+				if err == nil || !strings.Contains(err.Error(), "etcd unavailable") {
+					t.Fatalf("reconcile: %v, want the server error", err)
+				}
+				return
+			}
+			if err != nil || res.RequeueAfter <= 0 {
+				t.Fatalf("reconcile after a conflict: result %+v, error %v; want no error and a requeue", res, err)
+			}
+			// Nothing was marked before the step was on record.
+			if b := f.pod(t, "b"); b.Labels[v1alpha1.DrainLabel] == "true" {
+				t.Errorf("pod b was marked although the step's status was not written")
+			}
+			f.reconcile(t)
+			if g := f.guard(t); g.Status.Step == nil || len(g.Status.Step.Victims) != 1 || g.Status.Step.Victims[0].Name != "b" {
+				t.Errorf("after the retry: step %+v, want b marked", g.Status.Step)
+			}
+			if b := f.pod(t, "b"); b.Labels[v1alpha1.DrainLabel] != "true" {
+				t.Errorf("pod b not marked after the retry")
 			}
 		})
 	}

@@ -118,3 +118,15 @@ dicts {k, v, why}, and "extra", the user's annotations; a key the user sets repl
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+Labels of the `helm test` pod: never the selector labels, or the Service, the PodDisruptionBudget and the
+HPA's selector would count the test pod as a server.
+*/}}
+{{- define "websocket-app.testLabels" -}}
+helm.sh/chart: {{ include "websocket-app.chart" . }}
+app.kubernetes.io/name: {{ include "websocket-app.name" . }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: test
+{{- end }}
