@@ -18,6 +18,7 @@ import (
 
 	"github.com/wsscale/wsscale/pkg/policy/controller"
 	"github.com/wsscale/wsscale/pkg/provider"
+	"github.com/wsscale/wsscale/pkg/provider/store"
 	"github.com/wsscale/wsscale/pkg/wsecho"
 )
 
@@ -313,8 +314,8 @@ func adapterMetrics(t *testing.T) map[string]bool {
 	if _, err := provider.NewInstruments(reg); err != nil {
 		t.Fatal(err)
 	}
-	store := provider.NewStore(nil, time.Minute, clock.RealClock{}, nil)
-	if err := provider.RegisterPodGauges(reg, nil, store); err != nil {
+	values := store.New(nil, time.Minute, clock.RealClock{}, nil)
+	if err := provider.RegisterPodGauges(reg, nil, values); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := controller.NewInstruments(reg); err != nil {
