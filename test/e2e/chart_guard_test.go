@@ -100,6 +100,23 @@ func TestChartsGuardedScaleDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitAPIServicesAvailable(ctx, t, dyn)
+
+	// The app chart with no values at all, next to the adapter chart: its HPA shows a current value.
+	createNamespace(ctx, t, client, defaultsAppNS)
+	if _, err := helm.run(ctx, "install", "echo", filepath.Join(root, appChart), "-n", defaultsAppNS, "--wait", "--timeout", "3m"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, 2*time.Minute, func() (bool, string) {
+		_, ok, why := hpaCurrentConnections(ctx, client, defaultsAppNS, "echo-websocket-app")
+		return ok, why
+	})
+	if _, err := helm.run(ctx, "uninstall", "echo", "-n", defaultsAppNS, "--wait"); err != nil {
+		t.Errorf("uninstall the app with default values: %v", err)
+	}
+	if err := client.CoreV1().Namespaces().Delete(ctx, defaultsAppNS, metav1.DeleteOptions{}); err != nil {
+		t.Logf("delete namespace %s: %v", defaultsAppNS, err)
+	}
+
 	createNamespace(ctx, t, client, guardedAppNS)
 	values := filepath.Join(t.TempDir(), "values.yaml")
 	if err := os.WriteFile(values, []byte(guardedAppValues), 0o644); err != nil {
@@ -132,16 +149,8 @@ func TestChartsGuardedScaleDown(t *testing.T) {
 	}
 	// The HPA's current value is the adapter's: 36 connections over 3 pods.
 	waitFor(ctx, t, 2*time.Minute, func() (bool, string) {
-		hpa, err := client.AutoscalingV2().HorizontalPodAutoscalers(guardedAppNS).Get(ctx, guardedAppName, metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		for _, m := range hpa.Status.CurrentMetrics {
-			if m.Pods != nil && m.Pods.Metric.Name == "websocket_connections" && m.Pods.Current.AverageValue != nil {
-				return m.Pods.Current.AverageValue.Value() == 12, "HPA current websocket_connections " + m.Pods.Current.AverageValue.String()
-			}
-		}
-		return false, fmt.Sprintf("HPA has no websocket_connections value yet: %+v", hpa.Status.Conditions)
+		v, ok, why := hpaCurrentConnections(ctx, client, guardedAppNS, guardedAppName)
+		return ok && v == 12, why
 	})
 	if out, err := helm.run(ctx, "test", guardedAppRelease, "-n", guardedAppNS, "--timeout", "2m"); err != nil || !strings.Contains(out, "Phase:          Succeeded") {
 		t.Errorf("helm test of the app: %v\n%s", err, out)
@@ -340,4 +349,22 @@ func adoptScaleGuardCRD(ctx context.Context, t *testing.T, dyn dynamic.Interface
 	if _, err := dyn.Resource(crdResource).Apply(ctx, name, patch, metav1.ApplyOptions{FieldManager: "wsscale-e2e-adopt", Force: true}); err != nil {
 		t.Fatalf("adopt CRD %s for the chart: %v", name, err)
 	}
+}
+
+// defaultsAppNS holds the websocket-app chart installed with no values next to the adapter chart.
+const defaultsAppNS = "chart-defaults"
+
+// hpaCurrentConnections returns the HPA's current average websocket_connections, whether it has
+// one, and what it shows otherwise.
+func hpaCurrentConnections(ctx context.Context, client kubernetes.Interface, ns, name string) (int64, bool, string) {
+	hpa, err := client.AutoscalingV2().HorizontalPodAutoscalers(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return 0, false, err.Error()
+	}
+	for _, m := range hpa.Status.CurrentMetrics {
+		if m.Pods != nil && m.Pods.Metric.Name == "websocket_connections" && m.Pods.Current.AverageValue != nil {
+			return m.Pods.Current.AverageValue.Value(), true, "HPA " + ns + "/" + name + " current websocket_connections " + m.Pods.Current.AverageValue.String()
+		}
+	}
+	return 0, false, fmt.Sprintf("HPA %s/%s has no websocket_connections value yet: %+v", ns, name, hpa.Status.Conditions)
 }
