@@ -18,9 +18,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	cmv1beta2 "k8s.io/metrics/pkg/apis/custom_metrics/v1beta2"
+	"k8s.io/utils/ptr"
 
 	"github.com/wsscale/wsscale/pkg/apis/autoscaling/v1alpha1"
 	"github.com/wsscale/wsscale/pkg/policy"
+	podutil "github.com/wsscale/wsscale/pkg/provider/pods"
 )
 
 // scaleGuards is the ScaleGuard resource.
@@ -281,7 +283,7 @@ func fill(ctx context.Context, c *clients, o gatherOptions, w *Workload) error {
 	for i := range w.pods {
 		p := &w.pods[i]
 		ps := PodState{
-			Name: p.Name, Phase: string(p.Status.Phase), Ready: podReady(p),
+			Name: p.Name, Phase: string(p.Status.Phase), Ready: podutil.Ready(p),
 			Draining:    p.Labels[v1alpha1.DrainLabel] == v1alpha1.DrainLabelValue,
 			Terminating: p.DeletionTimestamp != nil,
 		}
@@ -355,7 +357,7 @@ func podValues(ctx context.Context, c *clients, ns, metric, selector string) (ma
 func targetFacts(ctx context.Context, c *clients, d *appsv1.Deployment) (policy.Target, error) {
 	t := policy.Target{
 		Found: true, Supported: true,
-		Replicas:           ptrOr(d.Spec.Replicas, 1),
+		Replicas:           ptr.Deref(d.Spec.Replicas, 1),
 		Generation:         d.Generation,
 		ObservedGeneration: d.Status.ObservedGeneration,
 		StatusReplicas:     d.Status.Replicas,
@@ -478,24 +480,8 @@ func eventTime(e *corev1.Event) metav1.Time {
 	return e.CreationTimestamp
 }
 
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 // markedBy returns the guard named by a pod's guard annotation ("NAME DEADLINE").
 func markedBy(p *corev1.Pod) string {
 	name, _, _ := strings.Cut(p.Annotations[v1alpha1.GuardAnnotation], " ")
 	return name
-}
-
-func ptrOr(p *int32, def int32) int32 {
-	if p == nil {
-		return def
-	}
-	return *p
 }

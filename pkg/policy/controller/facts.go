@@ -9,10 +9,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/wsscale/wsscale/pkg/apis/autoscaling/v1alpha1"
 	"github.com/wsscale/wsscale/pkg/policy"
+	"github.com/wsscale/wsscale/pkg/provider/pods"
 )
 
 // revisionAnnotation is the Deployment controller's revision, on a Deployment and its ReplicaSets:
@@ -44,7 +46,7 @@ func (r *Reconciler) target(ctx context.Context, g *v1alpha1.ScaleGuard) (policy
 	}
 	t := policy.Target{
 		Found: true, Supported: true,
-		Replicas:        ptrOr(d.Spec.Replicas, 1),
+		Replicas:        ptr.Deref(d.Spec.Replicas, 1),
 		Generation:      d.Generation,
 		StatusReplicas:  d.Status.Replicas,
 		UpdatedReplicas: d.Status.UpdatedReplicas,
@@ -89,7 +91,7 @@ func (r *Reconciler) pods(ctx context.Context, d *appsv1.Deployment) ([]policy.P
 		p := &list.Items[i]
 		out = append(out, policy.Pod{
 			Name: p.Name, UID: p.UID, Created: p.CreationTimestamp.Time, Phase: p.Status.Phase,
-			Ready:        podReady(p),
+			Ready:        pods.Ready(p),
 			Terminating:  p.DeletionTimestamp != nil,
 			TemplateHash: p.Labels[appsv1.DefaultDeploymentUniqueLabelKey],
 			Marked:       p.Labels[v1alpha1.DrainLabel] == v1alpha1.DrainLabelValue,
@@ -120,24 +122,8 @@ func (r *Reconciler) duplicateOf(ctx context.Context, g *v1alpha1.ScaleGuard) (s
 	return "", nil
 }
 
-func podReady(p *corev1.Pod) bool {
-	for _, c := range p.Status.Conditions {
-		if c.Type == corev1.PodReady {
-			return c.Status == corev1.ConditionTrue
-		}
-	}
-	return false
-}
-
 // markedBy returns the guard named by a pod's guard annotation ("NAME DEADLINE").
 func markedBy(p *corev1.Pod) string {
 	name, _, _ := strings.Cut(p.Annotations[v1alpha1.GuardAnnotation], " ")
 	return name
-}
-
-func ptrOr(p *int32, def int32) int32 {
-	if p == nil {
-		return def
-	}
-	return *p
 }
