@@ -336,6 +336,7 @@ func TestAdapterChartLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	removeForeignAPIServices(ctx, t, dyn)
+	adoptScaleGuardCRD(ctx, t, dyn, chartRelease, chartNamespace)
 	t.Cleanup(func() {
 		cctx, ccancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer ccancel()

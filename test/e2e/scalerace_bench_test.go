@@ -291,6 +291,7 @@ func installChartAdapter(ctx context.Context, t *testing.T, c *localcluster.Clus
 		t.Fatal(err)
 	}
 	removeForeignAPIServices(ctx, t, dyn)
+	adoptScaleGuardCRD(ctx, t, dyn, promRelease, promAdapterNS)
 	helm := newHelm(t, c)
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
