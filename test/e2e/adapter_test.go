@@ -106,7 +106,7 @@ func TestAdapterServesConnectionsToTheHPA(t *testing.T) {
 	checkRefused(ctx, t, c.RESTConfig())
 
 	// The HPA scales up: 25 connections at 10 per pod is 3 pods.
-	createHPA(ctx, t, client)
+	createHPA(ctx, t, client, echoNamespace, targetPerPod)
 	wantReplicas := int32((connections + targetPerPod - 1) / targetPerPod)
 	poll(ctx, t, "HPA scale-up", 3*time.Minute, func() (bool, string) {
 		d, err := client.AppsV1().Deployments(echoNamespace).Get(ctx, "echo", metav1.GetOptions{})
@@ -510,9 +510,11 @@ func installUnlabelledPod(ctx context.Context, t *testing.T, client kubernetes.I
 	})
 }
 
-func createHPA(ctx context.Context, t *testing.T, client kubernetes.Interface) {
+// createHPA creates the HPA "echo" in ns on Deployment echo: 1 to 4 pods, target websocket_connections
+// per pod on average, a 5 s scale-down stabilisation window.
+func createHPA(ctx context.Context, t *testing.T, client kubernetes.Interface, ns string, target int64) {
 	t.Helper()
-	must[*autoscalingv2.HorizontalPodAutoscaler](t, "HPA")(client.AutoscalingV2().HorizontalPodAutoscalers(echoNamespace).Create(ctx, &autoscalingv2.HorizontalPodAutoscaler{
+	must[*autoscalingv2.HorizontalPodAutoscaler](t, "HPA")(client.AutoscalingV2().HorizontalPodAutoscalers(ns).Create(ctx, &autoscalingv2.HorizontalPodAutoscaler{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
 		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
 			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"},
@@ -522,7 +524,7 @@ func createHPA(ctx context.Context, t *testing.T, client kubernetes.Interface) {
 				Type: autoscalingv2.PodsMetricSourceType,
 				Pods: &autoscalingv2.PodsMetricSource{
 					Metric: autoscalingv2.MetricIdentifier{Name: "websocket_connections"},
-					Target: autoscalingv2.MetricTarget{Type: autoscalingv2.AverageValueMetricType, AverageValue: resourceQuantity(targetPerPod)},
+					Target: autoscalingv2.MetricTarget{Type: autoscalingv2.AverageValueMetricType, AverageValue: resourceQuantity(target)},
 				},
 			}},
 			Behavior: &autoscalingv2.HorizontalPodAutoscalerBehavior{

@@ -108,7 +108,7 @@ func TestPrometheusPipelineScalesTheHPA(t *testing.T) {
 	})
 
 	// The HPA scales up: 25 connections at 10 per pod is 3 pods.
-	createPromHPA(ctx, t, client)
+	createHPA(ctx, t, client, promEchoNS, promTargetPerPod)
 	wantReplicas := int32((promConnections + promTargetPerPod - 1) / promTargetPerPod)
 	poll(ctx, t, "HPA scale-up on Prometheus's values", 4*time.Minute, func() (bool, string) {
 		d, err := client.AppsV1().Deployments(promEchoNS).Get(ctx, "echo", metav1.GetOptions{})
@@ -417,26 +417,4 @@ func installPromEcho(ctx context.Context, t *testing.T, client kubernetes.Interf
 func installPromAdapter(ctx context.Context, t *testing.T, c *localcluster.Cluster) {
 	t.Helper()
 	installChartAdapter(ctx, t, c, "--set", "adapter.source=prometheus", "--set", "adapter.prometheus.url=http://prometheus."+promNamespace+".svc:9090")
-}
-
-func createPromHPA(ctx context.Context, t *testing.T, client kubernetes.Interface) {
-	t.Helper()
-	must[*autoscalingv2.HorizontalPodAutoscaler](t, "HPA")(client.AutoscalingV2().HorizontalPodAutoscalers(promEchoNS).Create(ctx, &autoscalingv2.HorizontalPodAutoscaler{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
-			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"},
-			MinReplicas:    ptr.To[int32](1),
-			MaxReplicas:    4,
-			Metrics: []autoscalingv2.MetricSpec{{
-				Type: autoscalingv2.PodsMetricSourceType,
-				Pods: &autoscalingv2.PodsMetricSource{
-					Metric: autoscalingv2.MetricIdentifier{Name: "websocket_connections"},
-					Target: autoscalingv2.MetricTarget{Type: autoscalingv2.AverageValueMetricType, AverageValue: resourceQuantity(promTargetPerPod)},
-				},
-			}},
-			Behavior: &autoscalingv2.HorizontalPodAutoscalerBehavior{
-				ScaleDown: &autoscalingv2.HPAScalingRules{StabilizationWindowSeconds: ptr.To[int32](5)},
-			},
-		},
-	}, metav1.CreateOptions{}))
 }
