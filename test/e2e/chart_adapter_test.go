@@ -700,8 +700,15 @@ func (p *metricsPoller) stop() (total, failed int64, first error) {
 func installChartEcho(ctx context.Context, t *testing.T, client kubernetes.Interface) {
 	t.Helper()
 	must[*corev1.Namespace](t, "namespace")(client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: chartEchoNS}}, metav1.CreateOptions{}))
+	createScrapedEcho(ctx, t, client, chartEchoNS)
+}
+
+// createScrapedEcho creates the Deployment echo in ns (one replica, the chart's selection label and
+// the scrape annotations) and returns its ready pod.
+func createScrapedEcho(ctx context.Context, t *testing.T, client kubernetes.Interface, ns string) *corev1.Pod {
+	t.Helper()
 	labels := map[string]string{"app": "echo", "wsscale.io/scrape": "true"}
-	must[*appsv1.Deployment](t, "echo deployment")(client.AppsV1().Deployments(chartEchoNS).Create(ctx, &appsv1.Deployment{
+	must[*appsv1.Deployment](t, "echo deployment")(client.AppsV1().Deployments(ns).Create(ctx, &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To[int32](1),
@@ -721,13 +728,8 @@ func installChartEcho(ctx context.Context, t *testing.T, client kubernetes.Inter
 			},
 		},
 	}, metav1.CreateOptions{}))
-	poll(ctx, t, "echo Deployment ready", 2*time.Minute, func() (bool, string) {
-		d, err := client.AppsV1().Deployments(chartEchoNS).Get(ctx, "echo", metav1.GetOptions{})
-		if err != nil {
-			return false, err.Error()
-		}
-		return d.Status.ReadyReplicas == 1, fmt.Sprintf("ready %d", d.Status.ReadyReplicas)
-	})
+	pods := waitForReadyPods(ctx, t, client, ns, "app=echo", 1)
+	return &pods[0]
 }
 
 func createChartHPA(ctx context.Context, t *testing.T, client kubernetes.Interface) {

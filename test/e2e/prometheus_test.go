@@ -16,14 +16,12 @@ import (
 	"time"
 
 	"github.com/prometheus/common/model"
-	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
@@ -388,29 +386,7 @@ func installPromEcho(ctx context.Context, t *testing.T, client kubernetes.Interf
 		_ = client.CoreV1().Namespaces().Delete(cctx, promEchoNS, metav1.DeleteOptions{})
 		waitNamespaceGone(cctx, t, client, promEchoNS)
 	})
-	labels := map[string]string{"app": "echo", "wsscale.io/scrape": "true"}
-	must[*appsv1.Deployment](t, "echo deployment")(client.AppsV1().Deployments(promEchoNS).Create(ctx, &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To[int32](1),
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels, Annotations: map[string]string{"prometheus.io/port": "9090", "prometheus.io/path": "/metrics"}},
-				Spec: corev1.PodSpec{
-					TerminationGracePeriodSeconds: ptr.To[int64](5),
-					Containers: []corev1.Container{{
-						Name: "echo", Image: "wsscale/echo:dev",
-						Env:   []corev1.EnvVar{{Name: "PORT", Value: "8080"}, {Name: "METRICS_PORT", Value: "9090"}, {Name: "DRAIN_TIMEOUT", Value: "2s"}},
-						Ports: []corev1.ContainerPort{{Name: "ws", ContainerPort: 8080}, {Name: "metrics", ContainerPort: 9090}},
-						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{Path: "/health", Port: intstr.FromString("ws")}},
-							PeriodSeconds: 1},
-					}},
-				},
-			},
-		},
-	}, metav1.CreateOptions{}))
-	pods := waitForReadyPods(ctx, t, client, promEchoNS, "app=echo", 1)
-	return &pods[0]
+	return createScrapedEcho(ctx, t, client, promEchoNS)
 }
 
 // installPromAdapter installs the adapter chart reading Prometheus through its Service name.
