@@ -372,8 +372,13 @@ func connectionsActive(ctx context.Context, c *localcluster.Cluster, podIP strin
 
 // podMetric reads one unlabelled series from a pod's /metrics.
 func podMetric(ctx context.Context, c *localcluster.Cluster, podIP, name string) (float64, error) {
+	return scrapeSeries(ctx, c, net.JoinHostPort(podIP, "9090"), name)
+}
+
+// scrapeSeries reads one series, written as in the exposition (name and labels), from /metrics at addr.
+func scrapeSeries(ctx context.Context, c *localcluster.Cluster, addr, series string) (float64, error) {
 	hc := &http.Client{Transport: &http.Transport{DialContext: c.DialContext}, Timeout: 5 * time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(podIP, "9090")+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	if err != nil {
 		return 0, err
 	}
@@ -384,11 +389,11 @@ func podMetric(ctx context.Context, c *localcluster.Cluster, podIP, name string)
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
 			return strconv.ParseFloat(strings.TrimSpace(v), 64)
 		}
 	}
-	return 0, fmt.Errorf("no %s in /metrics of %s", name, podIP)
+	return 0, fmt.Errorf("no %s in /metrics of %s", series, addr)
 }
 
 // wscatEcho sends msg with wscat (from the npm registry, installed from test/e2e/node) and expects

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -858,22 +857,5 @@ func sumCloses(m map[int]int64) int64 {
 
 // traefikOpenConnections reads traefik_open_connections of one entry point from a Traefik pod's metrics.
 func traefikOpenConnections(ctx context.Context, c *localcluster.Cluster, podIP, entryPoint string) (float64, error) {
-	hc := &http.Client{Transport: &http.Transport{DialContext: c.DialContext}, Timeout: 5 * time.Second}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(podIP, "9000")+"/metrics", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	prefix := fmt.Sprintf(`traefik_open_connections{entrypoint=%q,protocol="TCP"} `, entryPoint)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), prefix); ok {
-			return strconv.ParseFloat(strings.TrimSpace(v), 64)
-		}
-	}
-	return 0, fmt.Errorf("no %s in the metrics of %s", strings.TrimSpace(prefix), podIP)
+	return scrapeSeries(ctx, c, net.JoinHostPort(podIP, "9000"), fmt.Sprintf(`traefik_open_connections{entrypoint=%q,protocol="TCP"}`, entryPoint))
 }
