@@ -23,6 +23,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
@@ -399,26 +400,27 @@ func expectCheck(ctx context.Context, t *testing.T, c *localcluster.Cluster, ns,
 // Check outcomes as the doctor prints them.
 const (
 	checkPass = "pass"
+	checkWarn = "warn"
 	checkFail = "fail"
 )
 
-var (
-	httpRoutesResource      = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
-	virtualServicesResource = schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}
-)
+var httpRoutesResource = schema.GroupVersionResource{Group: "gateway.networking.k8s.io", Version: "v1", Resource: "httproutes"}
 
 // TestPluginDoctor breaks each thing a doctor check looks at, sees the check fail with the right
 // fix, repairs it, and sees it pass: the APIService pointed at a missing Service, an HPA on a
-// metric nobody serves, a pod without the scrape selection, a grace period below the drain, a
-// Gateway API route that is not Accepted, an Istio VirtualService with a route timeout (rendered
-// from the websocket-app chart into the cluster with the real Istio CRDs).
+// metric nobody serves, a pod without the scrape selection, failing scrapes, a Gateway API route
+// that is not Accepted, the exposure settings that cut WebSockets (an Istio route timeout and
+// h2UpgradePolicy, Ingress NGINX read/send timeouts, HAProxy's timeout-tunnel, a Linkerd Server's
+// protocol and authorization, a cloud load balancer's idle timeout: each repaired with the
+// websocket-app chart's own rendering, applied against the real CRDs), --probe through a load
+// balancer that cuts idle connections, and a grace period below the drain.
 func TestPluginDoctor(t *testing.T) {
 	c := framework.Cluster(t)
 	client := c.Client()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	dyn := pluginAdapter(ctx, t, c)
-	installCRDs(ctx, t, dyn, filepath.Join(sharedCRDDir(t), "gateway-api.yaml"), filepath.Join(sharedCRDDir(t), "istio.yaml"))
+	installCRDs(ctx, t, dyn, filepath.Join(sharedCRDDir(t), "gateway-api.yaml"), filepath.Join(sharedCRDDir(t), "istio.yaml"), filepath.Join(sharedCRDDir(t), "linkerd.yaml"))
 	const ns = "plugin-doctor"
 	pods := pluginEcho(ctx, t, client, ns, 2)
 	hpas := client.AutoscalingV2().HorizontalPodAutoscalers(ns)
@@ -544,50 +546,191 @@ func TestPluginDoctor(t *testing.T) {
 		expectCheck(ctx, t, c, ns, "exposure", "HTTPRoute "+ns+"/echo", checkPass, "Accepted by Gateway public")
 	})
 
-	t.Run("istio virtualservice timeout", func(t *testing.T) {
-		root, err := framework.RepoRoot()
-		if err != nil {
-			t.Fatal(err)
-		}
-		values := filepath.Join(t.TempDir(), "values.yaml")
-		base, err := os.ReadFile(filepath.Join(root, "deploy", "helm", "websocket-app", "ci", "istio-values.yaml"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(values, append(base, []byte("\nfullnameOverride: echo\n")...), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		var vs *unstructured.Unstructured
-		for _, obj := range renderChart(t, root, filepath.Join("deploy", "helm", "websocket-app"), ns, values) {
-			if obj.GetKind() == "VirtualService" {
-				vs = obj
-			}
-		}
-		if vs == nil {
-			t.Fatal("the chart's istio scenario renders no VirtualService")
-		}
-		res := dyn.Resource(virtualServicesResource).Namespace(ns)
-		apply := func(obj *unstructured.Unstructured) {
-			obj.SetNamespace(ns)
-			data, err := json.Marshal(obj.Object)
-			if err != nil {
-				t.Fatal(err)
-			}
-			force := true
-			if _, err := res.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "wsscale-e2e", Force: &force, FieldValidation: "Strict"}); err != nil {
-				t.Fatalf("apply the VirtualService: %v", err)
-			}
-		}
+	t.Run("istio virtualservice timeout and h2 upgrade", func(t *testing.T) {
+		chart := chartExposure(t, ns, "istio-values.yaml", "VirtualService", "DestinationRule")
+		vs, dr := chart["VirtualService"], chart["DestinationRule"]
 		broken := vs.DeepCopy()
 		http, _, _ := unstructured.NestedSlice(broken.Object, "spec", "http")
 		http[0].(map[string]any)["timeout"] = "30s"
 		if err := unstructured.SetNestedSlice(broken.Object, http, "spec", "http"); err != nil {
 			t.Fatal(err)
 		}
-		apply(broken)
+		applyObject(ctx, t, dyn, broken)
 		expectCheck(ctx, t, c, ns, "exposure", "VirtualService "+ns+"/echo", checkFail, "route websocket timeout 30s", "remove timeout from the WebSocket route")
-		apply(vs) // the chart's own rendering: no timeout
+		applyObject(ctx, t, dyn, vs) // the chart's own rendering: no timeout
 		expectCheck(ctx, t, c, ns, "exposure", "VirtualService "+ns+"/echo", checkPass, "no route timeout")
+
+		brokenDR := dr.DeepCopy()
+		if err := unstructured.SetNestedField(brokenDR.Object, "UPGRADE", "spec", "trafficPolicy", "connectionPool", "http", "h2UpgradePolicy"); err != nil {
+			t.Fatal(err)
+		}
+		applyObject(ctx, t, dyn, brokenDR)
+		expectCheck(ctx, t, c, ns, "exposure", "DestinationRule "+ns+"/echo", checkFail, "h2UpgradePolicy UPGRADE", "DO_NOT_UPGRADE")
+		applyObject(ctx, t, dyn, dr)
+		expectCheck(ctx, t, c, ns, "exposure", "DestinationRule "+ns+"/echo", checkPass, "h2UpgradePolicy DO_NOT_UPGRADE")
+	})
+
+	t.Run("ingress nginx timeouts", func(t *testing.T) {
+		ing := chartExposure(t, ns, "ingress-nginx-values.yaml", "Ingress")["Ingress"]
+		obj := "Ingress " + ns + "/echo (class nginx)"
+		broken := ing.DeepCopy()
+		setAnnotation(broken, "nginx.ingress.kubernetes.io/proxy-read-timeout", "30")
+		applyObject(ctx, t, dyn, broken)
+		t.Cleanup(func() { deleteObject(t, dyn, ing) })
+		// The demo's server pings every 30 s; with the doctor's margin of 2 NGINX must wait 60 s.
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "proxy-read-timeout=30: NGINX closes a WebSocket quiet for 30s", `proxy-read-timeout: "3600"`)
+		unsetAnnotation(broken, "nginx.ingress.kubernetes.io/proxy-read-timeout")
+		setAnnotation(broken, "nginx.ingress.kubernetes.io/proxy-send-timeout", "an hour")
+		applyObject(ctx, t, dyn, broken)
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, `proxy-send-timeout="an hour" is not a number of seconds`)
+		applyObject(ctx, t, dyn, ing) // the chart's rendering: 3600 both ways
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "proxy-read-timeout=3600 ≥ ping interval 30s")
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "proxy-send-timeout=3600 ≥ ping interval 30s")
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkWarn, "retired in March 2026", "Gateway API")
+		deleteObject(t, dyn, ing)
+	})
+
+	t.Run("haproxy timeout-tunnel", func(t *testing.T) {
+		ing := chartExposure(t, ns, "ingress-haproxy-values.yaml", "Ingress")["Ingress"]
+		obj := "Ingress " + ns + "/echo (class haproxy)"
+		broken := ing.DeepCopy()
+		setAnnotation(broken, "haproxy.org/timeout-tunnel", "30s")
+		applyObject(ctx, t, dyn, broken)
+		t.Cleanup(func() { deleteObject(t, dyn, ing) })
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "timeout-tunnel=30s: HAProxy closes a WebSocket quiet for 30s", "set haproxy.org/timeout-tunnel to 1h")
+		setAnnotation(broken, "haproxy.org/timeout-tunnel", "1 hour")
+		applyObject(ctx, t, dyn, broken)
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, `timeout-tunnel="1 hour"`, "use an HAProxy time such as 1h")
+		setAnnotation(broken, "haproxy.org/timeout-tunnel", "1h")
+		applyObject(ctx, t, dyn, broken)
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "timeout-tunnel=1h ≥ ping interval 30s")
+		applyObject(ctx, t, dyn, ing) // the chart's rendering leaves the tunnel timeout to the controller
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "no haproxy.org/timeout-tunnel on the Ingress")
+		deleteObject(t, dyn, ing)
+	})
+
+	t.Run("linkerd server", func(t *testing.T) {
+		chart := chartExposure(t, ns, "linkerd-values.yaml", "Server", "AuthorizationPolicy", "MeshTLSAuthentication")
+		server, authz, authn := chart["Server"], chart["AuthorizationPolicy"], chart["MeshTLSAuthentication"]
+		// The chart's Server selects the chart's pods; here it selects the demo's echo pods.
+		if err := unstructured.SetNestedStringMap(server.Object, map[string]string{"app.kubernetes.io/name": "echo"}, "spec", "podSelector", "matchLabels"); err != nil {
+			t.Fatal(err)
+		}
+		obj := "Linkerd Server " + ns + "/" + server.GetName()
+		broken := server.DeepCopy()
+		if err := unstructured.SetNestedField(broken.Object, "HTTP/2", "spec", "proxyProtocol"); err != nil {
+			t.Fatal(err)
+		}
+		applyObject(ctx, t, dyn, broken) // and no authorization yet
+		t.Cleanup(func() {
+			for _, o := range []*unstructured.Unstructured{authz, authn, server} {
+				deleteObject(t, dyn, o)
+			}
+		})
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "proxyProtocol HTTP/2", "set spec.proxyProtocol to HTTP/1")
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "Linkerd denies every connection", "AuthorizationPolicy with targetRef kind Server name "+server.GetName())
+		for _, o := range []*unstructured.Unstructured{server, authn, authz} { // the chart's rendering
+			applyObject(ctx, t, dyn, o)
+		}
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "proxyProtocol HTTP/1 carries the HTTP/1.1 Upgrade")
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "an authorization admits clients")
+	})
+
+	t.Run("cloud load balancer idle timeout", func(t *testing.T) {
+		services := client.CoreV1().Services(ns)
+		lb := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "echo-lb", Annotations: map[string]string{
+				"service.beta.kubernetes.io/aws-load-balancer-connection-idle-timeout": "30",
+			}},
+			Spec: corev1.ServiceSpec{
+				Type:     corev1.ServiceTypeLoadBalancer,
+				Selector: map[string]string{"app.kubernetes.io/name": "echo"},
+				Ports:    []corev1.ServicePort{{Name: "ws", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+			},
+		}
+		if _, err := services.Create(ctx, lb, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = services.Delete(context.Background(), lb.Name, metav1.DeleteOptions{}) })
+		obj := "Service " + ns + "/echo-lb (LoadBalancer)"
+		key := "service.beta.kubernetes.io/aws-load-balancer-connection-idle-timeout"
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, key+"=30: the load balancer drops connections idle 30s", "raise "+key+" to at least 1m0s")
+		annotate := func(k, v string) {
+			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, k, v)
+			if _, err := services.Patch(ctx, lb.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		annotate(key, "3600")
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, key+"=3600 ≥ ping interval 30s")
+		// Azure counts minutes.
+		azure := "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout"
+		annotate(azure, "4")
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, azure+"=4 ≥ ping interval 30s")
+		annotate(azure, "soon")
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, azure+`="soon" is not a number`)
+		if err := services.Delete(ctx, lb.Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("probe through a load balancer", func(t *testing.T) {
+		// A NodePort Service reaches the pods from the host (the local cluster forwards
+		// 127.0.0.1:<nodePort>); in front of it a TCP proxy plays a load balancer that drops
+		// connections idle for 3 s, shorter than the server's 30 s pings.
+		svc, err := client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: "echo-nodeport"},
+			Spec: corev1.ServiceSpec{
+				Type:     corev1.ServiceTypeNodePort,
+				Selector: map[string]string{"app.kubernetes.io/name": "echo"},
+				Ports:    []corev1.ServicePort{{Name: "ws", Port: 80, TargetPort: intstr.FromInt32(8080)}},
+			},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = client.CoreV1().Services(ns).Delete(context.Background(), svc.Name, metav1.DeleteOptions{})
+		})
+		nodePort := fmt.Sprintf("127.0.0.1:%d", svc.Spec.Ports[0].NodePort)
+		cutting := startIdleTimeoutProxy(t, nodePort, 3*time.Second)
+		probeCheck := func(addr string) doctorCheck {
+			t.Helper()
+			out, errOut, code := plugin(ctx, t, c, "-n", ns, "doctor", "-o", "json", "--probe", "ws://"+addr+"/ws", "--probe-duration", "8s")
+			var doc struct{ Checks []doctorCheck }
+			if err := json.Unmarshal([]byte(out), &doc); err != nil {
+				t.Fatalf("doctor --probe: exit %d, %v: %s %s", code, err, out, errOut)
+			}
+			for _, ch := range doc.Checks {
+				if ch.Area == "probe" {
+					t.Logf("probe through %s (exit %d): %s: %s (fix: %s)", addr, code, ch.Status, ch.Evidence, ch.Fix)
+					if ch.Status == checkFail && code != 1 {
+						t.Errorf("a failed probe exits %d, want 1", code)
+					}
+					return ch
+				}
+			}
+			t.Fatalf("doctor --probe printed no probe check: %s", out)
+			return doctorCheck{}
+		}
+		// The NodePort forwarder may not listen yet: the first probe straight to it must hold.
+		var direct doctorCheck
+		poll(ctx, t, "probe straight to the NodePort holds", time.Minute, func() (bool, string) {
+			direct = probeCheck(nodePort)
+			return direct.Status == checkPass, direct.Evidence
+		})
+		if !strings.Contains(direct.Evidence, "held idle for 8s") {
+			t.Errorf("probe to the NodePort: %q, want held idle for 8s", direct.Evidence)
+		}
+		ch := probeCheck(cutting)
+		if ch.Status != checkFail || !strings.Contains(ch.Evidence, "without a close frame") || !strings.Contains(ch.Fix, "raise that hop's idle or tunnel timeout") {
+			t.Errorf("probe through a load balancer with a 3 s idle timeout: %s %q (fix %q), want fail: cut without a close frame, raise the idle timeout", ch.Status, ch.Evidence, ch.Fix)
+		}
+		// The fix: that hop's idle timeout above the server's ping interval.
+		raised := startIdleTimeoutProxy(t, nodePort, 2*time.Minute)
+		if ch := probeCheck(raised); ch.Status != checkPass {
+			t.Errorf("probe through the load balancer with its idle timeout raised: %s %q, want pass", ch.Status, ch.Evidence)
+		}
 	})
 
 	// Last: changing the pod template rolls the pods.
@@ -624,4 +767,91 @@ func TestPluginDoctor(t *testing.T) {
 	}
 	out, _, _ := plugin(ctx, t, c, "-n", ns, "doctor")
 	t.Logf("kubectl wsscale doctor:\n%s", out)
+}
+
+// chartExposure renders the websocket-app chart with one of its ci values files, named echo like
+// the test's workload, and returns the rendered objects of the kinds asked for, by kind.
+func chartExposure(t *testing.T, ns, ciValues string, kinds ...string) map[string]*unstructured.Unstructured {
+	t.Helper()
+	root, err := framework.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := os.ReadFile(filepath.Join(root, "deploy", "helm", "websocket-app", "ci", ciValues))
+	if err != nil {
+		t.Fatal(err)
+	}
+	values := filepath.Join(t.TempDir(), "values.yaml")
+	if err := os.WriteFile(values, append(base, []byte("\nfullnameOverride: echo\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*unstructured.Unstructured{}
+	for _, obj := range renderChart(t, root, filepath.Join("deploy", "helm", "websocket-app"), ns, values) {
+		for _, k := range kinds {
+			if obj.GetKind() == k {
+				obj.SetNamespace(ns)
+				out[k] = obj
+			}
+		}
+	}
+	for _, k := range kinds {
+		if out[k] == nil {
+			t.Fatalf("the chart's %s scenario renders no %s", ciValues, k)
+		}
+	}
+	return out
+}
+
+// objectResource maps a rendered object to its resource, for the kinds the doctor tests apply.
+func objectResource(t *testing.T, obj *unstructured.Unstructured) schema.GroupVersionResource {
+	t.Helper()
+	gv, err := schema.ParseGroupVersion(obj.GetAPIVersion())
+	if err != nil {
+		t.Fatal(err)
+	}
+	plural := map[string]string{
+		"Ingress": "ingresses", "VirtualService": "virtualservices", "DestinationRule": "destinationrules",
+		"Server": "servers", "AuthorizationPolicy": "authorizationpolicies", "MeshTLSAuthentication": "meshtlsauthentications",
+	}[obj.GetKind()]
+	if plural == "" {
+		t.Fatalf("no resource known for kind %s", obj.GetKind())
+	}
+	return gv.WithResource(plural)
+}
+
+// applyObject server-side applies obj (strict field validation: the real CRD schemas judge it).
+func applyObject(ctx context.Context, t *testing.T, dyn dynamic.Interface, obj *unstructured.Unstructured) {
+	t.Helper()
+	data, err := json.Marshal(obj.Object)
+	if err != nil {
+		t.Fatal(err)
+	}
+	force := true
+	res := dyn.Resource(objectResource(t, obj)).Namespace(obj.GetNamespace())
+	if _, err := res.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "wsscale-e2e", Force: &force, FieldValidation: "Strict"}); err != nil {
+		t.Fatalf("apply %s %s: %v", obj.GetKind(), obj.GetName(), err)
+	}
+}
+
+func deleteObject(t *testing.T, dyn dynamic.Interface, obj *unstructured.Unstructured) {
+	t.Helper()
+	err := dyn.Resource(objectResource(t, obj)).Namespace(obj.GetNamespace()).Delete(context.Background(), obj.GetName(), metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		t.Errorf("delete %s %s: %v", obj.GetKind(), obj.GetName(), err)
+	}
+}
+
+func setAnnotation(obj *unstructured.Unstructured, key, value string) {
+	a := obj.GetAnnotations()
+	if a == nil {
+		a = map[string]string{}
+	}
+	a[key] = value
+	obj.SetAnnotations(a)
+}
+
+func unsetAnnotation(obj *unstructured.Unstructured, key string) {
+	a := obj.GetAnnotations()
+	delete(a, key)
+	obj.SetAnnotations(a)
 }
