@@ -31,6 +31,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 
 	"github.com/wsscale/wsscale/pkg/wsecho"
 	"github.com/wsscale/wsscale/pkg/wsload"
@@ -314,6 +315,9 @@ func runTraefikScenario(ctx context.Context, t *testing.T, c *localcluster.Clust
 	// Echo with clients nobody here wrote: wscat (text) and the ws library wscat is built on (binary).
 	wscatEcho(t, entry.url(), "hello through "+sc.wantKind, "--host", sc.host, "--no-check")
 	nodeBinaryEcho(t, entry.url(), sc.host)
+	if sc.wantKind == "HTTPRoute" {
+		doctorOnTraefikGateway(ctx, t, c, ns, entry, sc.host)
+	}
 
 	// The load client: binary echoes on 20 connections, spread over both pods (it keeps no cookies).
 	waitCounts("before the load", allZero)
@@ -858,4 +862,43 @@ func sumCloses(m map[int]int64) int64 {
 // traefikOpenConnections reads traefik_open_connections of one entry point from a Traefik pod's metrics.
 func traefikOpenConnections(ctx context.Context, c *localcluster.Cluster, podIP, entryPoint string) (float64, error) {
 	return scrapeSeries(ctx, c, net.JoinHostPort(podIP, "9000"), fmt.Sprintf(`traefik_open_connections{entrypoint=%q,protocol="TCP"}`, entryPoint))
+}
+
+// doctorOnTraefikGateway checks the doctor's Gateway API check against the status Traefik itself
+// writes on the chart's HTTPRoute: Accepted by Gateway public; a parentRef to a listener the Gateway
+// does not have is refused by Traefik and fails the check; restored, it passes again and the route
+// carries WebSockets again.
+func doctorOnTraefikGateway(ctx context.Context, t *testing.T, c *localcluster.Cluster, ns string, entry traefikEntry, host string) {
+	t.Helper()
+	dyn, err := dynamic.NewForConfig(c.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes := dyn.Resource(httpRoutesResource).Namespace(ns)
+	list, err := routes.List(ctx, metav1.ListOptions{})
+	if err != nil || len(list.Items) != 1 {
+		t.Fatalf("HTTPRoutes in %s: %v, %v; want the chart's one", ns, list, err)
+	}
+	name := list.Items[0].GetName()
+	obj := "HTTPRoute " + ns + "/" + name
+	expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "Accepted by Gateway public")
+	setSection := func(section string) {
+		patch := fmt.Sprintf(`{"spec":{"parentRefs":[{"group":"gateway.networking.k8s.io","kind":"Gateway","name":"public","namespace":"gateway-system","sectionName":%q}]}}`, section)
+		if _, err := routes.Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setSection("no-such-listener")
+	ch := expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "not Accepted: Gateway public: Accepted=False")
+	t.Logf("Traefik refused the route: %s", ch.Evidence)
+	setSection("https")
+	expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "Accepted by Gateway public")
+	waitFor(ctx, t, time.Minute, func() (bool, string) {
+		conn, resp, err := dialThrough(ctx, entry, host, nil)
+		if err != nil {
+			return false, fmt.Sprintf("upgrade through Traefik after the route came back: %v (%s)", err, respStatus(resp))
+		}
+		_ = conn.Close()
+		return true, ""
+	})
 }
