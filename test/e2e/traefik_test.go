@@ -303,14 +303,7 @@ func runTraefikScenario(ctx context.Context, t *testing.T, c *localcluster.Clust
 	}
 
 	// The route is live once Traefik has read it: until then the entry point answers 404.
-	waitFor(ctx, t, time.Minute, func() (bool, string) {
-		conn, resp, err := dialThrough(ctx, entry, sc.host, nil)
-		if err != nil {
-			return false, fmt.Sprintf("upgrade through Traefik: %v (%s)", err, respStatus(resp))
-		}
-		_ = conn.Close()
-		return true, ""
-	})
+	waitRouteLive(ctx, t, entry, sc.host)
 
 	// Echo with clients nobody here wrote: wscat (text) and the ws library wscat is built on (binary).
 	wscatEcho(t, entry.url(), "hello through "+sc.wantKind, "--host", sc.host, "--no-check")
@@ -756,14 +749,7 @@ func TestTraefikProxyEvents(t *testing.T) {
 	waitForReadyPods(ctx, t, client, ns, "app.kubernetes.io/instance=check,app.kubernetes.io/name=websocket-app", 2)
 	waitForEndpoints(ctx, t, client, ns, "check-websocket-app", 2)
 	entry := tr.web
-	waitFor(ctx, t, time.Minute, func() (bool, string) {
-		conn, resp, err := dialThrough(ctx, entry, host, nil)
-		if err != nil {
-			return false, fmt.Sprintf("upgrade through Traefik: %v (%s)", err, respStatus(resp))
-		}
-		_ = conn.Close()
-		return true, ""
-	})
+	waitRouteLive(ctx, t, entry, host)
 
 	const clients = 20
 	load := startTraefikLoad(entry, host, clients, func(cfg *wsload.Config) {
@@ -802,14 +788,7 @@ func TestTraefikProxyEvents(t *testing.T) {
 	if err != nil {
 		t.Fatalf("unrelated IngressRoute: %v", err)
 	}
-	waitFor(ctx, t, time.Minute, func() (bool, string) {
-		conn, resp, err := dialThrough(ctx, entry, "unrelated.example.com", nil)
-		if err != nil {
-			return false, fmt.Sprintf("the new route does not serve yet: %v (%s)", err, respStatus(resp))
-		}
-		_ = conn.Close()
-		return true, ""
-	})
+	waitRouteLive(ctx, t, entry, "unrelated.example.com")
 	received := load.snapshot().Received
 	time.Sleep(2 * time.Second) // echoes keep flowing
 	if s := load.snapshot(); s.Open != clients || len(s.Closes) != 0 || s.AbnormalDrops != 0 || s.Received <= received {
@@ -893,10 +872,17 @@ func doctorOnTraefikGateway(ctx context.Context, t *testing.T, c *localcluster.C
 	t.Logf("Traefik refused the route: %s", ch.Evidence)
 	setSection("https")
 	expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "Accepted by Gateway public")
+	waitRouteLive(ctx, t, entry, host)
+}
+
+// waitRouteLive waits until a WebSocket upgrade for host through the entry point succeeds: Traefik
+// has read the route (until then the entry point answers 404).
+func waitRouteLive(ctx context.Context, t *testing.T, entry traefikEntry, host string) {
+	t.Helper()
 	waitFor(ctx, t, time.Minute, func() (bool, string) {
 		conn, resp, err := dialThrough(ctx, entry, host, nil)
 		if err != nil {
-			return false, fmt.Sprintf("upgrade through Traefik after the route came back: %v (%s)", err, respStatus(resp))
+			return false, fmt.Sprintf("upgrade through Traefik for %s: %v (%s)", host, err, respStatus(resp))
 		}
 		_ = conn.Close()
 		return true, ""
