@@ -654,7 +654,7 @@ func TestPluginDoctor(t *testing.T) {
 		t.Cleanup(func() { _ = services.Delete(context.Background(), lb.Name, metav1.DeleteOptions{}) })
 		obj := "Service " + ns + "/echo-lb (LoadBalancer)"
 		key := "service.beta.kubernetes.io/aws-load-balancer-connection-idle-timeout"
-		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, key+"=30: the load balancer drops connections idle 30s", "raise "+key+" to at least 1m0s")
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, key+"=30: the load balancer drops connections idle 30s", "raise "+key+" to at least 60 (seconds)")
 		annotate := func(k, v string) {
 			patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, k, v)
 			if _, err := services.Patch(ctx, lb.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
@@ -668,7 +668,7 @@ func TestPluginDoctor(t *testing.T) {
 		annotate(azure, "4")
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, azure+"=4 ≥ ping interval 30s")
 		annotate(azure, "soon")
-		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, azure+`="soon" is not a number`)
+		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, azure+`="soon" is not a number`, "a whole number of at least 1 (minutes)")
 		if err := services.Delete(ctx, lb.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}

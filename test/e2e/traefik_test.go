@@ -868,10 +868,43 @@ func doctorOnTraefikGateway(ctx context.Context, t *testing.T, c *localcluster.C
 		}
 	}
 	setSection("no-such-listener")
-	ch := expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "not Accepted: Gateway public: Accepted=False")
+	ch := expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "not Accepted: Gateway public: Accepted=False NoMatchingParent", "sectionName and port must name a listener")
 	t.Logf("Traefik refused the route: %s", ch.Evidence)
 	setSection("https")
 	expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "Accepted by Gateway public")
+	waitRouteLive(ctx, t, entry, host)
+
+	// A request timeout on the route: what does Traefik do with an idle WebSocket on it?
+	jsonPatch := func(p string) {
+		if _, err := routes.Patch(ctx, name, types.JSONPatchType, []byte(p), metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jsonPatch(`[{"op":"add","path":"/spec/rules/0/timeouts","value":{"request":"5s"}}]`)
+	ch = expectCheck(ctx, t, c, ns, "exposure", obj, checkWarn, "timeouts request=5s with controller traefik.io/gateway-controller")
+	time.Sleep(3 * time.Second) // Traefik reads the route
+	conn, resp, err := dialThrough(ctx, entry, host, nil)
+	if err != nil {
+		t.Fatalf("upgrade through Traefik with a route timeout: %v (%s)", err, respStatus(resp))
+	}
+	start := time.Now()
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			if _, _, err := conn.ReadMessage(); err != nil {
+				ended <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-ended:
+		t.Logf("EXPLORE: idle WebSocket on a route with timeouts.request 5s ended after %v: %v", time.Since(start), err)
+	case <-time.After(15 * time.Second):
+		t.Logf("EXPLORE: idle WebSocket on a route with timeouts.request 5s still open after 15s")
+	}
+	_ = conn.Close()
+	jsonPatch(`[{"op":"remove","path":"/spec/rules/0/timeouts"}]`)
 	waitRouteLive(ctx, t, entry, host)
 }
 

@@ -227,7 +227,7 @@ func (d *doctor) checkHTTPRoutes(ctx context.Context, e *exposure) error {
 		}
 		obj := fmt.Sprintf("HTTPRoute %s/%s", r.GetNamespace(), r.GetName())
 		parents, _, _ := unstructured.NestedSlice(r.Object, "status", "parents")
-		var accepted, refused []string
+		var accepted, refused, fixes []string
 		for _, p := range parents {
 			pm, _ := p.(map[string]any)
 			ref, _ := pm["parentRef"].(map[string]any)
@@ -239,7 +239,14 @@ func (d *doctor) checkHTTPRoutes(ctx context.Context, e *exposure) error {
 				cm, _ := c.(map[string]any)
 				if cm["type"] == "Accepted" {
 					ok = cm["status"] == "True"
-					why = fmt.Sprintf("Accepted=%v %v: %v", cm["status"], cm["reason"], cm["message"])
+					reason, _ := cm["reason"].(string)
+					why = fmt.Sprintf("Accepted=%v %s", cm["status"], reason)
+					if msg, _ := cm["message"].(string); msg != "" {
+						why += ": " + msg
+					}
+					if !ok {
+						fixes = append(fixes, routeRefusedFix(reason))
+					}
 				}
 			}
 			if ok {
@@ -256,7 +263,7 @@ func (d *doctor) checkHTTPRoutes(ctx context.Context, e *exposure) error {
 		case len(refused) > 0:
 			d.add(Check{Area: "exposure", Object: obj, Status: Fail,
 				Evidence: "not Accepted: " + strings.Join(refused, "; "),
-				Fix:      "fix what the condition's reason says (NotAllowedByListeners: the Gateway's listeners[].allowedRoutes must admit this namespace; NoMatchingListenerHostname: the hostnames must match a listener)"})
+				Fix:      strings.Join(unique(fixes), "; ")})
 		default:
 			d.add(Check{Area: "exposure", Object: obj, Status: Pass, Evidence: "Accepted by Gateway " + strings.Join(accepted, ", ")})
 		}
@@ -278,6 +285,25 @@ func (d *doctor) checkHTTPRoutes(ctx context.Context, e *exposure) error {
 		}
 	}
 	return nil
+}
+
+// routeRefusedFix is what to do about a route a Gateway did not accept, by the condition's reason
+// (the Gateway API's reasons for Accepted=False).
+func routeRefusedFix(reason string) string {
+	switch reason {
+	case "NotAllowedByListeners":
+		return "the Gateway's listeners[].allowedRoutes must admit this namespace (namespaces.from: All or Selector) and the kind HTTPRoute"
+	case "NoMatchingListenerHostname":
+		return "spec.hostnames must match a hostname of one of the Gateway's listeners"
+	case "NoMatchingParent":
+		return "spec.parentRefs[].sectionName and port must name a listener the Gateway has (kubectl get gateway -o yaml: spec.listeners[].name)"
+	case "UnsupportedValue":
+		return "a value of the route is not supported by this Gateway's implementation: the condition's message names it"
+	case "Pending":
+		return "the Gateway controller has not reconciled the route yet: check that it runs"
+	default:
+		return "fix what the condition's reason and message say (kubectl describe httproute)"
+	}
 }
 
 func orUnknown(s string) string {
@@ -467,13 +493,16 @@ func (d *doctor) checkLoadBalancers(e *exposure) {
 				continue
 			}
 			n, err := strconv.Atoi(strings.TrimSpace(v))
+			// The least value of the annotation, in its own unit, that keeps pinged connections.
+			least := fmt.Sprintf("%d (%s)", int64((need+a.unit-1)/a.unit), map[time.Duration]string{time.Second: "seconds", time.Minute: "minutes"}[a.unit])
 			switch {
 			case err != nil:
-				d.add(Check{Area: "exposure", Object: obj, Status: Fail, Evidence: fmt.Sprintf("%s=%q is not a number", a.key, v)})
+				d.add(Check{Area: "exposure", Object: obj, Status: Fail, Evidence: fmt.Sprintf("%s=%q is not a number", a.key, v),
+					Fix: fmt.Sprintf("set %s to a whole number of at least %s", a.key, least)})
 			case time.Duration(n)*a.unit < need:
 				d.add(Check{Area: "exposure", Object: obj, Status: Fail,
 					Evidence: fmt.Sprintf("%s=%s: the load balancer drops connections idle %v, below the ping interval %v × %g", a.key, v, time.Duration(n)*a.unit, e.cfg.ping, d.o.PingMargin),
-					Fix:      fmt.Sprintf("raise %s to at least %v, or ping more often", a.key, need)})
+					Fix:      fmt.Sprintf("raise %s to at least %s, or ping more often", a.key, least)})
 			default:
 				d.add(Check{Area: "exposure", Object: obj, Status: Pass, Evidence: fmt.Sprintf("%s=%s ≥ ping interval %v × %g", a.key, v, e.cfg.ping, d.o.PingMargin)})
 			}

@@ -173,3 +173,32 @@ func TestProbe(t *testing.T) {
 		})
 	}
 }
+
+func TestLoadBalancerIdleTimeouts(t *testing.T) {
+	const aws, azure = "service.beta.kubernetes.io/aws-load-balancer-connection-idle-timeout", "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout"
+	for _, tc := range []struct {
+		key, value string
+		want       string // status: evidence, then the fix after " | "
+	}{
+		{aws, "30", "fail: " + aws + "=30: the load balancer drops connections idle 30s, below the ping interval 20s × 2 | raise " + aws + " to at least 40 (seconds), or ping more often"},
+		{aws, "40", "pass: " + aws + "=40 ≥ ping interval 20s × 2 | "},
+		{azure, "1", "pass: " + azure + "=1 ≥ ping interval 20s × 2 | "},
+		{azure, "soon", "fail: " + azure + `="soon" is not a number | set ` + azure + " to a whole number of at least 1 (minutes)"},
+		{"example.com/unrelated", "1", ""},
+	} {
+		t.Run(tc.key+"="+tc.value, func(t *testing.T) {
+			spec := goodPodSpec() // pings every 20 s
+			svc := &corev1.Service{Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer}}
+			svc.Name, svc.Namespace, svc.Annotations = "echo", "ns", map[string]string{tc.key: tc.value}
+			d := &doctor{o: NewDoctorOptions(nil, testStreams())}
+			d.checkLoadBalancers(&exposure{services: map[string]*corev1.Service{"echo": svc}, cfg: readServerConfig(&spec)})
+			var got string
+			for _, c := range d.checks {
+				got = c.Status + ": " + c.Evidence + " | " + c.Fix
+			}
+			if got != tc.want {
+				t.Errorf("got %q\nwant %q", got, tc.want)
+			}
+		})
+	}
+}
