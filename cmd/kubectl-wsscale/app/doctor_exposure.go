@@ -29,6 +29,9 @@ var (
 	traefikRoutes     = schema.GroupVersionResource{Group: "traefik.io", Version: "v1alpha1", Resource: "ingressroutes"}
 )
 
+// traefikController is the controllerName of Traefik's Gateway API provider.
+const traefikController = "traefik.io/gateway-controller"
+
 // envoyControllers are GatewayClass controllers built on Envoy, whose route timeout applies to
 // an upgraded connection's whole life.
 var envoyControllers = []string{"istio.io/gateway-controller", "gateway.envoyproxy.io/gatewayclass-controller", "projectcontour.io/", "gateway.kgateway.dev/", "solo.io/gloo-gateway"}
@@ -273,11 +276,16 @@ func (d *doctor) checkHTTPRoutes(ctx context.Context, e *exposure) error {
 			for _, c := range envoyControllers {
 				envoy = envoy || strings.HasPrefix(controller, c)
 			}
-			if envoy {
+			switch {
+			case envoy:
 				d.add(Check{Area: "exposure", Object: obj, Status: Fail,
 					Evidence: fmt.Sprintf("timeouts %s with controller %s, which applies the route timeout to the whole upgraded connection: every WebSocket ends at that age", strings.Join(timeouts, ", "), controller),
 					Fix:      "remove rules[].timeouts (or set 0s) on the WebSocket route"})
-			} else {
+			case strings.HasPrefix(controller, traefikController):
+				// Seen on Traefik v3.6: an idle WebSocket outlives timeouts.request several times over.
+				d.add(Check{Area: "exposure", Object: obj, Status: Pass,
+					Evidence: fmt.Sprintf("timeouts %s with controller %s: Traefik does not end an upgraded connection at the route timeout", strings.Join(timeouts, ", "), controller)})
+			default:
 				d.add(Check{Area: "exposure", Object: obj, Status: Warn,
 					Evidence: fmt.Sprintf("timeouts %s with controller %s: whether it applies them to upgraded connections depends on the implementation (some ignore timeouts, Envoy-based ones cut the WebSocket at that age)", strings.Join(timeouts, ", "), orUnknown(controller)),
 					Fix:      "remove rules[].timeouts on the WebSocket route, or prove the controller leaves upgraded connections alone (kubectl wsscale doctor --probe URL)"})
