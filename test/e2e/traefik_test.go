@@ -927,16 +927,20 @@ func doctorOnTraefikGateway(ctx context.Context, t *testing.T, c *localcluster.C
 	waitRouteLive(ctx, t, entry, host)
 }
 
-// waitRouteLive waits until a WebSocket upgrade for host through the entry point succeeds: Traefik
-// has read the route (until then the entry point answers 404).
+// waitRouteLive waits until WebSocket upgrades for host through the entry point succeed five times
+// in a row: Traefik has read the route and its backends (until then the entry point answers 404,
+// and right after it first serves a route it can still answer 503 while its endpoints settle).
 func waitRouteLive(ctx context.Context, t *testing.T, entry traefikEntry, host string) {
 	t.Helper()
+	inARow := 0
 	waitFor(ctx, t, time.Minute, func() (bool, string) {
 		conn, resp, err := dialThrough(ctx, entry, host, nil)
 		if err != nil {
+			inARow = 0
 			return false, fmt.Sprintf("upgrade through Traefik for %s: %v (%s)", host, err, respStatus(resp))
 		}
 		_ = conn.Close()
-		return true, ""
+		inARow++
+		return inARow >= 5, fmt.Sprintf("%d upgrades in a row", inARow)
 	})
 }
