@@ -124,8 +124,8 @@ func TestPluginDoctorGuard(t *testing.T) {
 			return !isReady(p), podState(p)
 		})
 		expectCheck(ctx, t, c, ns, "guard", strayObj, checkFail,
-			"carries wsscale.io/drain=true but it names ScaleGuard legacy, whose status has no step with it: it refuses new clients for nothing",
-			fmt.Sprintf("kubectl -n %s label pod %s wsscale.io/drain-", ns, legacy))
+			"carries wsscale.io/drain=true but it names ScaleGuard legacy, which no longer exists: it refuses new clients for nothing",
+			fmt.Sprintf("kubectl -n %s label pod %s wsscale.io/drain- && kubectl -n %s annotate pod %s wsscale.io/scale-guard- controller.kubernetes.io/pod-deletion-cost-", ns, legacy, ns, legacy))
 
 		// The controller comes back: it acts on the new generation, and its sweep un-marks the
 		// stray because ScaleGuard legacy does not exist.

@@ -76,9 +76,9 @@ func TestCheckGuards(t *testing.T) {
 			pods: []*corev1.Pod{markedPod("echo-a", "uid-a", "echo"), markedPod("echo-b", "uid-b", "echo"), markedPod("legacy-a", "uid-c", "legacy"), markedPod("other", "uid-d", "")},
 			want: []string{
 				"pass ScaleGuard ns/echo: Ready |",
-				"fail pod ns/echo-b: it names ScaleGuard echo, whose status has no step with it: it refuses new clients for nothing | kubectl -n ns label pod echo-b wsscale.io/drain-",
-				"fail pod ns/legacy-a: it names ScaleGuard legacy, whose status has no step with it | kubectl -n ns label pod legacy-a wsscale.io/drain-",
-				"fail pod ns/other: no ScaleGuard's step holds it | kubectl -n ns label pod other wsscale.io/drain-",
+				"fail pod ns/echo-b: it names ScaleGuard echo, whose status has no step with it: it refuses new clients for nothing | kubectl -n ns label pod echo-b wsscale.io/drain- && kubectl -n ns annotate pod echo-b wsscale.io/scale-guard- controller.kubernetes.io/pod-deletion-cost- (ScaleGuard echo un-marks its own strays",
+				"fail pod ns/legacy-a: it names ScaleGuard legacy, which no longer exists: it refuses new clients for nothing | kubectl -n ns label pod legacy-a wsscale.io/drain- && kubectl -n ns annotate pod legacy-a wsscale.io/scale-guard- controller.kubernetes.io/pod-deletion-cost- (the adapter's ScaleGuard controller un-marks the pods of deleted ScaleGuards when it starts leading)",
+				"fail pod ns/other: no ScaleGuard's step holds it | kubectl -n ns label pod other wsscale.io/drain- (no ScaleGuard marked it",
 			}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -438,13 +438,25 @@ func (d *doctor) checkGuards(ctx context.Context) error {
 		if held {
 			continue
 		}
-		why := "no ScaleGuard's step holds it"
-		if by != "" {
+		label := fmt.Sprintf("kubectl -n %s label pod %s %s-", p.Namespace, p.Name, v1alpha1.DrainLabel)
+		// The whole mark, as the controller removes it: a deletion cost left at the lowest
+		// makes the ReplicaSet remove this pod first, whatever its connections.
+		unmark := fmt.Sprintf("%s && kubectl -n %s annotate pod %s %s- %s-", label, p.Namespace, p.Name, v1alpha1.GuardAnnotation, v1alpha1.DeletionCostAnnotation)
+		var why, fix string
+		switch {
+		case by == "":
+			why = "no ScaleGuard's step holds it"
+			fix = label + " (no ScaleGuard marked it: it was labelled by hand or by another tool)"
+		case g == nil:
+			why = fmt.Sprintf("it names ScaleGuard %s, which no longer exists", by)
+			fix = unmark + " (the adapter's ScaleGuard controller un-marks the pods of deleted ScaleGuards when it starts leading)"
+		default:
 			why = fmt.Sprintf("it names ScaleGuard %s, whose status has no step with it", by)
+			fix = unmark + fmt.Sprintf(" (ScaleGuard %s un-marks its own strays while its controller runs)", by)
 		}
 		d.add(Check{Area: "guard", Object: fmt.Sprintf("pod %s/%s", p.Namespace, p.Name), Status: Fail,
 			Evidence: fmt.Sprintf("carries %s=%s but %s: it refuses new clients for nothing", v1alpha1.DrainLabel, v1alpha1.DrainLabelValue, why),
-			Fix:      fmt.Sprintf("kubectl -n %s label pod %s %s- (the guard un-marks its own strays while it runs)", p.Namespace, p.Name, v1alpha1.DrainLabel)})
+			Fix:      fix})
 	}
 	return nil
 }
