@@ -29,14 +29,17 @@ import (
 // TestPluginDoctorGuard breaks each thing the doctor's guard and drain-safety checks look at on
 // a guarded echo workload (HPA → ScaleGuard → Deployment), sees the check fail with the right
 // fix, repairs it and sees it pass:
-//   - the ScaleGuard controller stops (the adapter scaled to zero) and the guard's spec changes:
-//     observedGeneration falls behind; meanwhile a pod of another Deployment carries the drain
-//     mark of a ScaleGuard that no longer exists and refuses clients. The controller comes back:
-//     the guard catches up and the controller's sweep un-marks the stray, which serves again;
 //   - the Deployment is scaled past the guard (kubectl scale on the Deployment): Ready=False
 //     ForeignReplicaChange until it is scaled back;
 //   - the pod template loses the downwardAPI labels volume behind DRAIN_LABELS_FILE and the
-//     readiness probe on /health, then gets them back.
+//     readiness probe on /health, then gets them back;
+//   - the ScaleGuard controller stops (the adapter scaled to zero) and the guard's spec changes:
+//     observedGeneration falls behind; meanwhile a pod of another Deployment carries the drain
+//     mark of a ScaleGuard that no longer exists and refuses clients. The controller comes back:
+//     the guard catches up and the controller's sweep un-marks the stray, which serves again.
+//
+// Each part repairs what it broke when it fails, so that the next part starts from a sound
+// workload; the adapter is back at one replica when the test ends.
 func TestPluginDoctorGuard(t *testing.T) {
 	c := framework.Cluster(t)
 	client := c.Client()
@@ -99,59 +102,6 @@ func TestPluginDoctorGuard(t *testing.T) {
 		}
 	})
 
-	t.Run("controller stopped, stray mark", func(t *testing.T) {
-		setAdapterReplicas(ctx, t, client, dyn, 0)
-		// The guard's spec changes while nothing acts on it.
-		patched, err := guards.Patch(ctx, "echo", types.MergePatchType, []byte(`{"spec":{"scaleDown":{"drainTimeout":"2m"}}}`), metav1.PatchOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		gen := patched.GetGeneration()
-		expectCheck(ctx, t, c, ns, "guard", guardObj, checkFail,
-			fmt.Sprintf("status.observedGeneration %d < generation %d: no controller is acting on it", gen-1, gen),
-			fmt.Sprintf("Service %s/%s selects no running pod: bring the adapter back (kubectl -n %s get deploy,pods -l app=%s)", adapterNamespace, adapterName, adapterNamespace, adapterName))
-
-		// What a victim of ScaleGuard "legacy" carries once the guard is deleted while no
-		// controller runs (its finalizer removed by hand): the drain label, the lowest deletion
-		// cost, the annotation naming the guard, exactly as the controller writes them.
-		markStray(ctx, t, client, ns, legacy, "legacy")
-		// The server reads the label through its downwardAPI file and refuses new clients.
-		poll(ctx, t, "the marked pod leaves service", 2*time.Minute, func() (bool, string) {
-			p, err := client.CoreV1().Pods(ns).Get(ctx, legacy, metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
-			}
-			return !isReady(p), podState(p)
-		})
-		expectCheck(ctx, t, c, ns, "guard", strayObj, checkFail,
-			"carries wsscale.io/drain=true but it names ScaleGuard legacy, which no longer exists: it refuses new clients for nothing",
-			fmt.Sprintf("kubectl -n %s label pod %s wsscale.io/drain- && kubectl -n %s annotate pod %s wsscale.io/scale-guard- controller.kubernetes.io/pod-deletion-cost-", ns, legacy, ns, legacy))
-
-		// The controller comes back: it acts on the new generation, and its sweep un-marks the
-		// stray because ScaleGuard legacy does not exist.
-		setAdapterReplicas(ctx, t, client, dyn, 1)
-		expectCheck(ctx, t, c, ns, "guard", guardObj, checkPass, fmt.Sprintf("Ready, observedGeneration %d", gen))
-		poll(ctx, t, "the sweep un-marks the stray, which serves again", 2*time.Minute, func() (bool, string) {
-			p, err := client.CoreV1().Pods(ns).Get(ctx, legacy, metav1.GetOptions{})
-			if err != nil {
-				return false, err.Error()
-			}
-			_, label := p.Labels[autoscalingv1alpha1.DrainLabel]
-			_, by := p.Annotations[autoscalingv1alpha1.GuardAnnotation]
-			_, cost := p.Annotations[autoscalingv1alpha1.DeletionCostAnnotation]
-			return !label && !by && !cost && isReady(p), fmt.Sprintf("drain label %v, guard annotation %v, deletion cost %v, %s", label, by, cost, podState(p))
-		})
-		checks, _ := runDoctor(ctx, t, c, ns)
-		for _, ch := range checks {
-			if ch.Object == strayObj {
-				t.Errorf("the stray is un-marked, yet the doctor reports %s: %s", ch.Status, ch.Evidence)
-			}
-		}
-		if log := adapterLog(ctx, t, client); !containsLine(log, "Un-marking a pod whose ScaleGuard is gone", legacy) {
-			t.Errorf("the adapter's log has no sweep of %s:\n%s", legacy, log)
-		}
-	})
-
 	t.Run("guard not ready", func(t *testing.T) {
 		// The Deployment scaled directly, past the guard, as an HPA or kubectl scale aimed at
 		// the Deployment would: the guard refuses to fight and says so in Ready.
@@ -170,7 +120,7 @@ func TestPluginDoctorGuard(t *testing.T) {
 		waitForReadyPods(ctx, t, client, ns, "app.kubernetes.io/name=echo", 2)
 	})
 
-	// Last: changing the pod template rolls the pods.
+	// Changing the pod template rolls the pods.
 	t.Run("drain safety", func(t *testing.T) {
 		deploys := client.AppsV1().Deployments(ns)
 		orig, err := deploys.Get(ctx, "echo", metav1.GetOptions{})
@@ -225,6 +175,59 @@ func TestPluginDoctorGuard(t *testing.T) {
 			s := d.Status
 			return s.ObservedGeneration == d.Generation && s.UpdatedReplicas == 2 && s.ReadyReplicas == 2 && s.Replicas == 2, fmt.Sprintf("%+v", s)
 		})
+	})
+
+	t.Run("controller stopped, stray mark", func(t *testing.T) {
+		setAdapterReplicas(ctx, t, client, dyn, 0)
+		// The guard's spec changes while nothing acts on it.
+		patched, err := guards.Patch(ctx, "echo", types.MergePatchType, []byte(`{"spec":{"scaleDown":{"drainTimeout":"2m"}}}`), metav1.PatchOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		gen := patched.GetGeneration()
+		expectCheck(ctx, t, c, ns, "guard", guardObj, checkFail,
+			fmt.Sprintf("status.observedGeneration %d < generation %d: no controller is acting on it", gen-1, gen),
+			fmt.Sprintf("Service %s/%s selects no running pod: bring the adapter back (kubectl -n %s get deploy,pods -l app=%s)", adapterNamespace, adapterName, adapterNamespace, adapterName))
+
+		// What a victim of ScaleGuard "legacy" carries once the guard is deleted while no
+		// controller runs (its finalizer removed by hand): the drain label, the lowest deletion
+		// cost, the annotation naming the guard, exactly as the controller writes them.
+		markStray(ctx, t, client, ns, legacy, "legacy")
+		// The server reads the label through its downwardAPI file and refuses new clients.
+		poll(ctx, t, "the marked pod leaves service", 2*time.Minute, func() (bool, string) {
+			p, err := client.CoreV1().Pods(ns).Get(ctx, legacy, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			return !isReady(p), podState(p)
+		})
+		expectCheck(ctx, t, c, ns, "guard", strayObj, checkFail,
+			"carries wsscale.io/drain=true but it names ScaleGuard legacy, which no longer exists: it refuses new clients for nothing",
+			fmt.Sprintf("kubectl -n %s label pod %s wsscale.io/drain- && kubectl -n %s annotate pod %s wsscale.io/scale-guard- controller.kubernetes.io/pod-deletion-cost-", ns, legacy, ns, legacy))
+
+		// The controller comes back: it acts on the new generation, and its sweep un-marks the
+		// stray because ScaleGuard legacy does not exist.
+		setAdapterReplicas(ctx, t, client, dyn, 1)
+		expectCheck(ctx, t, c, ns, "guard", guardObj, checkPass, fmt.Sprintf("Ready, observedGeneration %d", gen))
+		poll(ctx, t, "the sweep un-marks the stray, which serves again", 2*time.Minute, func() (bool, string) {
+			p, err := client.CoreV1().Pods(ns).Get(ctx, legacy, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			_, label := p.Labels[autoscalingv1alpha1.DrainLabel]
+			_, by := p.Annotations[autoscalingv1alpha1.GuardAnnotation]
+			_, cost := p.Annotations[autoscalingv1alpha1.DeletionCostAnnotation]
+			return !label && !by && !cost && isReady(p), fmt.Sprintf("drain label %v, guard annotation %v, deletion cost %v, %s", label, by, cost, podState(p))
+		})
+		checks, _ := runDoctor(ctx, t, c, ns)
+		for _, ch := range checks {
+			if ch.Object == strayObj {
+				t.Errorf("the stray is un-marked, yet the doctor reports %s: %s", ch.Status, ch.Evidence)
+			}
+		}
+		if log := adapterLog(ctx, t, client); !containsLine(log, "Un-marking a pod whose ScaleGuard is gone", legacy) {
+			t.Errorf("the adapter's log has no sweep of %s:\n%s", legacy, log)
+		}
 	})
 
 	// With everything repaired, nothing fails and the exit code is 0.
