@@ -178,6 +178,18 @@ type doctor struct {
 	// served are the metric names the custom metrics API lists for pods, nil when it could not
 	// be read.
 	served map[string]bool
+	// adapter is the Service the custom metrics APIService points at, nil when none was found.
+	adapter *adapterService
+}
+
+// adapterService is the adapter's Service as the APIService names it: the adapter's pods run the
+// ScaleGuard controller too.
+type adapterService struct {
+	namespace, name string
+	// selector selects the Service's pods, "" when it has none.
+	selector string
+	// running counts its pods that run and are not terminating.
+	running int
 }
 
 func (d *doctor) add(c Check) { d.checks = append(d.checks, c) }

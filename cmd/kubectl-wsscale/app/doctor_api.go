@@ -80,6 +80,14 @@ func (d *doctor) checkOwner(ctx context.Context, obj, ns, name string) {
 		d.add(Check{Area: "apiservice", Object: obj, Status: Fail, Evidence: err.Error()})
 		return
 	}
+	if d.adapter == nil {
+		d.adapter = &adapterService{namespace: ns, name: name, selector: labels.SelectorFromSet(svc.Spec.Selector).String()}
+		for i := range pods {
+			if pods[i].DeletionTimestamp == nil && pods[i].Status.Phase == corev1.PodRunning {
+				d.adapter.running++
+			}
+		}
+	}
 	var images []string
 	ours := isWsscale(svc.Labels)
 	for _, p := range pods {

@@ -406,13 +406,13 @@ func (d *doctor) checkGuards(ctx context.Context) error {
 		case g.Status.ObservedGeneration < g.Generation:
 			d.add(Check{Area: "guard", Object: obj, Status: Fail,
 				Evidence: fmt.Sprintf("status.observedGeneration %d < generation %d: no controller is acting on it, and a guard that does not run holds every scale-down", g.Status.ObservedGeneration, g.Generation),
-				Fix:      "check the adapter's ScaleGuard controller: kubectl -n wsscale-system logs deploy/wsscale (it runs with --scale-guard, the default, and needs the guard's ClusterRole)"})
+				Fix:      d.guardControllerFix()})
 		case ready == nil || ready.Status != metav1.ConditionTrue:
 			why := "no Ready condition"
 			if ready != nil {
 				why = fmt.Sprintf("Ready=%s %s: %s", ready.Status, ready.Reason, ready.Message)
 			}
-			d.add(Check{Area: "guard", Object: obj, Status: Fail, Evidence: why, Fix: "see kubectl describe scaleguard " + g.Name})
+			d.add(Check{Area: "guard", Object: obj, Status: Fail, Evidence: why, Fix: fmt.Sprintf("the condition says why; its Events: kubectl -n %s describe scaleguard %s", g.Namespace, g.Name)})
 		default:
 			d.add(Check{Area: "guard", Object: obj, Status: Pass, Evidence: fmt.Sprintf("Ready, observedGeneration %d, state %s", g.Status.ObservedGeneration, g.Status.State)})
 		}
@@ -438,13 +438,40 @@ func (d *doctor) checkGuards(ctx context.Context) error {
 		if held {
 			continue
 		}
-		why := "no ScaleGuard's step holds it"
-		if by != "" {
+		label := fmt.Sprintf("kubectl -n %s label pod %s %s-", p.Namespace, p.Name, v1alpha1.DrainLabel)
+		// The whole mark, as the controller removes it: a deletion cost left at the lowest
+		// makes the ReplicaSet remove this pod first, whatever its connections.
+		unmark := fmt.Sprintf("%s && kubectl -n %s annotate pod %s %s- %s-", label, p.Namespace, p.Name, v1alpha1.GuardAnnotation, v1alpha1.DeletionCostAnnotation)
+		var why, fix string
+		switch {
+		case by == "":
+			why = "no ScaleGuard's step holds it"
+			fix = label + " (no ScaleGuard marked it: it was labelled by hand or by another tool)"
+		case g == nil:
+			why = fmt.Sprintf("it names ScaleGuard %s, which no longer exists", by)
+			fix = unmark + " (the adapter's ScaleGuard controller un-marks the pods of deleted ScaleGuards when it starts leading)"
+		default:
 			why = fmt.Sprintf("it names ScaleGuard %s, whose status has no step with it", by)
+			fix = unmark + fmt.Sprintf(" (ScaleGuard %s un-marks its own strays while its controller runs)", by)
 		}
 		d.add(Check{Area: "guard", Object: fmt.Sprintf("pod %s/%s", p.Namespace, p.Name), Status: Fail,
 			Evidence: fmt.Sprintf("carries %s=%s but %s: it refuses new clients for nothing", v1alpha1.DrainLabel, v1alpha1.DrainLabelValue, why),
-			Fix:      fmt.Sprintf("kubectl -n %s label pod %s %s- (the guard un-marks its own strays while it runs)", p.Namespace, p.Name, v1alpha1.DrainLabel)})
+			Fix:      fix})
 	}
 	return nil
+}
+
+// guardControllerFix says where the ScaleGuard controller should run: in the pods of the adapter
+// the custom metrics APIService points at, named as they are installed.
+func (d *doctor) guardControllerFix() string {
+	const runs = "it runs with --scale-guard, the default, and needs the guard's ClusterRole"
+	a := d.adapter
+	switch {
+	case a == nil || a.selector == "":
+		return "check the adapter's ScaleGuard controller: kubectl -n wsscale-system logs deploy/wsscale (" + runs + ")"
+	case a.running == 0:
+		return fmt.Sprintf("the adapter runs the ScaleGuard controller, and Service %s/%s selects no running pod: bring the adapter back (kubectl -n %s get deploy,pods -l %s)", a.namespace, a.name, a.namespace, a.selector)
+	default:
+		return fmt.Sprintf("check the ScaleGuard controller in the adapter's pods: kubectl -n %s logs -l %s (%s)", a.namespace, a.selector, runs)
+	}
 }
