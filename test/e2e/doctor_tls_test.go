@@ -102,7 +102,6 @@ func TestDoctorAPIServiceTLS(t *testing.T) {
 		name string
 		fn   func(t *testing.T)
 	}{{"caBundle of an unrelated CA", func(t *testing.T) {
-		d.t = t
 		foreign := genTestCA(t, "someone-else")
 		patch := fmt.Sprintf(`{"spec":{"caBundle":%q}}`, base64.StdEncoding.EncodeToString(foreign.pem))
 		if _, err := dyn.Resource(apiServiceResource).Patch(ctx, doctorAPI, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "other-ca-injector"}); err != nil {
@@ -118,7 +117,6 @@ func TestDoctorAPIServiceTLS(t *testing.T) {
 		expectFreshCert(t, d.expect(ctx, checkPass, tlsEvidence, "days to expiry"))
 		d.healthy(ctx)
 	}}, {"serving certificate expired", func(t *testing.T) {
-		d.t = t
 		now := time.Now()
 		notAfter := writeServingCert(ctx, t, secrets, now.Add(-40*24*time.Hour), now.Add(-10*24*time.Hour))
 		ch := d.expect(ctx, checkFail, fmt.Sprintf("the serving certificate in Secret %s/%s expired on %s", doctorNamespace, doctorSecret, notAfter.UTC().Format(time.DateOnly)),
@@ -137,7 +135,6 @@ func TestDoctorAPIServiceTLS(t *testing.T) {
 		}
 		d.healthy(ctx)
 	}}, {"serving certificate near its expiry", func(t *testing.T) {
-		d.t = t
 		now := time.Now()
 		writeServingCert(ctx, t, secrets, now.Add(-time.Hour), now.Add(10*24*time.Hour+time.Hour))
 		ch := d.expect(ctx, checkWarn, tlsEvidence[:strings.Index(tlsEvidence, " for ")]+"; it expires in 10 days",
@@ -146,7 +143,6 @@ func TestDoctorAPIServiceTLS(t *testing.T) {
 		expectFreshCert(t, d.expect(ctx, checkPass, tlsEvidence, "days to expiry"))
 		d.healthy(ctx)
 	}}, {"another product owns the API", func(t *testing.T) {
-		d.t = t
 		createNamespace(ctx, t, client, doctorForeignNS)
 		foreignMetricsServer(ctx, t, client)
 		patch := fmt.Sprintf(`{"spec":{"service":{"namespace":%q,"name":"other-metrics","port":443}}}`, doctorForeignNS)
@@ -161,7 +157,6 @@ func TestDoctorAPIServiceTLS(t *testing.T) {
 		d.expect(ctx, checkPass, "points at Service "+doctorNamespace+"/"+doctorRelease+" of wsscale's adapter (1 pods")
 		d.healthy(ctx)
 	}}, {"Service selects no pod", func(t *testing.T) {
-		d.t = t
 		scale, err := client.AppsV1().Deployments(doctorNamespace).GetScale(ctx, doctorRelease, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -176,11 +171,8 @@ func TestDoctorAPIServiceTLS(t *testing.T) {
 		d.expect(ctx, checkPass, "points at Service "+doctorNamespace+"/"+doctorRelease+" of wsscale's adapter (1 pods")
 		d.healthy(ctx)
 	}}}
-	// Each step starts from a healthy release: after a failed one, the next would only fail too.
 	for _, s := range steps {
-		if !t.Run(s.name, s.fn) {
-			return
-		}
+		t.Run(s.name, d.step(ctx, s.fn))
 	}
 }
 
@@ -193,10 +185,53 @@ type doctorRun struct {
 	client kubernetes.Interface
 }
 
-// expect waits for the doctor's check of the v1beta2 APIService with status and words.
+// expect runs the doctor until its check of the v1beta2 APIService has status and its evidence and
+// fix hold all words (a failure also fails the run), and returns it. Every break here shows in the
+// doctor within seconds: a minute is ample.
 func (d *doctorRun) expect(ctx context.Context, status string, words ...string) doctorCheck {
 	d.t.Helper()
-	return expectCheck(ctx, d.t, d.c, doctorNamespace, "apiservice", doctorAPI, status, words...)
+	var found doctorCheck
+	poll(ctx, d.t, fmt.Sprintf("doctor: %s APIService %s %q", status, doctorAPI, words), time.Minute, func() (bool, string) {
+		checks, code := runDoctor(ctx, d.t, d.c, doctorNamespace)
+		var seen []string
+		for _, ch := range checks {
+			if ch.Area != "apiservice" || ch.Object != "APIService "+doctorAPI {
+				continue
+			}
+			seen = append(seen, fmt.Sprintf("%s: %s (fix: %s)", ch.Status, ch.Evidence, ch.Fix))
+			all := ch.Status == status && (status != checkFail || code == 1)
+			for _, w := range words {
+				all = all && strings.Contains(ch.Evidence+" "+ch.Fix, w)
+			}
+			if all {
+				found = ch
+				return true, fmt.Sprintf("%s: %s; fix: %s", ch.Status, ch.Evidence, ch.Fix)
+			}
+		}
+		return false, fmt.Sprintf("exit %d, checks: %s", code, strings.Join(seen, " | "))
+	})
+	return found
+}
+
+// step runs one break-and-repair; when it fails, the release is brought back for the next one: the
+// v1beta2 APIService registered again and the upgrade run with the release's values.
+func (d *doctorRun) step(ctx context.Context, fn func(t *testing.T)) func(t *testing.T) {
+	return func(t *testing.T) {
+		t.Cleanup(func() {
+			if !t.Failed() {
+				return
+			}
+			t.Log("restoring the release after the failed step")
+			if err := d.dyn.Resource(apiServiceResource).Delete(ctx, doctorAPI, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
+				t.Error(err)
+			}
+			if _, err := d.helm.run(ctx, "upgrade", doctorRelease, chartDir(t), "-n", doctorNamespace, "--reuse-values", "--wait", "--timeout", "3m"); err != nil {
+				t.Error(err)
+			}
+			waitAPIServicesAvailable(ctx, t, d.dyn)
+		})
+		fn(t)
+	}
 }
 
 // runHelmFix runs the helm upgrade the check's fix names, exactly as written, from the repository's
