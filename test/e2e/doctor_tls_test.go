@@ -217,6 +217,7 @@ func (d *doctorRun) expect(ctx context.Context, status string, words ...string) 
 // v1beta2 APIService registered again and the upgrade run with the release's values.
 func (d *doctorRun) step(ctx context.Context, fn func(t *testing.T)) func(t *testing.T) {
 	return func(t *testing.T) {
+		d.t = t
 		t.Cleanup(func() {
 			if !t.Failed() {
 				return
