@@ -187,15 +187,13 @@ func (d *doctor) checkTLS(ctx context.Context, obj string, u *unstructured.Unstr
 	}
 	host := svcName + "." + svcNS + ".svc"
 	upgrade := helmUpgrade(u, svcNS)
-	// The chain is checked at a time inside the certificate's validity, so that an expired (or
-	// not yet valid) certificate is reported as such below, not as a caBundle that does not verify.
-	at := d.now
-	if at.After(cert.NotAfter) {
-		at = cert.NotAfter
-	} else if at.Before(cert.NotBefore) {
-		at = cert.NotBefore
-	}
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: host, CurrentTime: at}); err != nil {
+	// The chain is judged now with the serving certificate's own dates set aside, so that an
+	// expired (or not yet valid) certificate is reported as such below, not as a caBundle that
+	// does not verify. Its signature covers the raw certificate, not these fields; the CA's dates
+	// still count.
+	undated := *cert
+	undated.NotBefore, undated.NotAfter = d.now.Add(-time.Hour), d.now.Add(time.Hour)
+	if _, err := undated.Verify(x509.VerifyOptions{Roots: roots, DNSName: host, CurrentTime: d.now}); err != nil {
 		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
 			Evidence: fmt.Sprintf("caBundle does not verify the serving certificate in Secret %s for %s: %v", secret, host, err),
 			Fix:      fmt.Sprintf("%s (in tls.mode auto it sets caBundle to the Secret's CA again and re-issues the pair when it is due), or set caBundle to the CA that signed %s", upgrade, secret)})

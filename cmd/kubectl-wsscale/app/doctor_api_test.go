@@ -29,13 +29,18 @@ type testCA struct {
 
 func newTestCA(t *testing.T, name string, now time.Time) *testCA {
 	t.Helper()
+	return newTestCAValid(t, name, now.AddDate(-1, 0, 0), now.AddDate(10, 0, 0))
+}
+
+func newTestCAValid(t *testing.T, name string, notBefore, notAfter time.Time) *testCA {
+	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: now.AddDate(-1, 0, 0), NotAfter: now.AddDate(10, 0, 0),
+		NotBefore: notBefore, NotAfter: notAfter,
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
@@ -78,6 +83,9 @@ func TestCheckTLS(t *testing.T) {
 	host := svcName + "." + ns + ".svc"
 	ca := newTestCA(t, "wsscale-ca", now)
 	other := newTestCA(t, "someone-else", now)
+	// A CA issued after the certificate below expired (a renewed CA), and one that has expired.
+	young := newTestCAValid(t, "wsscale-ca", now.Add(-24*time.Hour), now.AddDate(10, 0, 0))
+	old := newTestCAValid(t, "wsscale-ca", now.AddDate(-2, 0, 0), now.AddDate(0, 0, -1))
 	day := 24 * time.Hour
 	for _, tc := range []struct {
 		name     string
@@ -101,6 +109,10 @@ func TestCheckTLS(t *testing.T) {
 			fix: "helm upgrade wsscale deploy/helm/wsscale -n wsscale-system --reuse-values (in tls.mode auto it sets caBundle to the Secret's CA again"},
 		{name: "unrelated CA and expired", bundle: other.pem, crt: ca.leaf(t, host, now.Add(-40*day), now.Add(-10*day)),
 			status: Fail, evidence: "caBundle does not verify"},
+		{name: "expired before its CA was issued", bundle: young.pem, crt: young.leaf(t, host, now.Add(-40*day), now.Add(-10*day)),
+			status: Fail, evidence: "expired on 2026-05-22"},
+		{name: "expired CA", bundle: old.pem, crt: old.leaf(t, host, now.Add(-40*day), now.Add(365*day)),
+			status: Fail, evidence: "caBundle does not verify the serving certificate in Secret wsscale-system/wsscale-tls for wsscale.wsscale-system.svc: x509: certificate has expired or is not yet valid"},
 		{name: "other name", bundle: ca.pem, crt: ca.leaf(t, "elsewhere.default.svc", now.Add(-day), now.Add(365*day)),
 			status: Fail, evidence: "caBundle does not verify the serving certificate in Secret wsscale-system/wsscale-tls for wsscale.wsscale-system.svc: x509: certificate is valid for elsewhere.default.svc"},
 	} {
@@ -139,5 +151,65 @@ func TestHelmUpgradeFix(t *testing.T) {
 	}
 	if got, want := helmUpgrade(&unstructured.Unstructured{Object: map[string]any{}}, "adapters"), "helm upgrade wsscale deploy/helm/wsscale -n adapters --reuse-values"; got != want {
 		t.Errorf("not owned: %q, want %q", got, want)
+	}
+}
+
+// TestCheckOwner checks who runs behind the APIService's Service, and that each failure's fix
+// names the command that repairs it: the owning release's upgrade, after the other product's
+// APIService is deleted (an upgrade does not take back a field someone else changed).
+func TestCheckOwner(t *testing.T) {
+	const ns = "wsscale-system"
+	helmOwned := map[string]any{"meta.helm.sh/release-name": "wsscale", "meta.helm.sh/release-namespace": ns}
+	pod := func(name, image string, labels map[string]string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: labels},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "c", Image: image}}}}
+	}
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "metrics", Namespace: ns}, Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "metrics"}}}
+	for _, tc := range []struct {
+		name        string
+		annotations map[string]any
+		pods        []*corev1.Pod
+		status      string
+		evidence    []string
+	}{
+		{name: "wsscale's adapter", annotations: helmOwned, pods: []*corev1.Pod{pod("a", "wsscale/adapter:0.1.0", map[string]string{"app": "metrics"})},
+			status: Pass, evidence: []string{"points at Service wsscale-system/metrics of wsscale's adapter (1 pods: wsscale/adapter:0.1.0)"}},
+		{name: "labelled wsscale", annotations: helmOwned, pods: []*corev1.Pod{pod("a", "registry.example/custom:1", map[string]string{"app": "metrics", "app.kubernetes.io/name": "wsscale"})},
+			status: Pass, evidence: []string{"of wsscale's adapter"}},
+		{name: "another product", annotations: helmOwned, pods: []*corev1.Pod{pod("a", "registry.k8s.io/prometheus-adapter:v0.12.0", map[string]string{"app": "metrics"})},
+			status: Fail, evidence: []string{"runs registry.k8s.io/prometheus-adapter:v0.12.0, not wsscale's adapter: another product owns custom.metrics.k8s.io",
+				"kubectl delete apiservice v1beta2.custom.metrics.k8s.io), then helm upgrade wsscale deploy/helm/wsscale -n wsscale-system --reuse-values registers wsscale's again"}},
+		{name: "another product, no release", pods: []*corev1.Pod{pod("a", "registry.k8s.io/prometheus-adapter:v0.12.0", map[string]string{"app": "metrics"})},
+			status: Fail, evidence: []string{"another product owns", "then " + installFix + " registers wsscale's again"}},
+		{name: "no pod", annotations: helmOwned,
+			status: Fail, evidence: []string{"Service wsscale-system/metrics selects no pod", "helm upgrade wsscale deploy/helm/wsscale -n wsscale-system --reuse-values restores the chart's Deployment and Service"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kube := fake.NewClientset(svc.DeepCopy())
+			for _, p := range tc.pods {
+				if _, err := kube.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			u := &unstructured.Unstructured{Object: map[string]any{"metadata": map[string]any{"name": "v1beta2.custom.metrics.k8s.io"}}}
+			if tc.annotations != nil {
+				_ = unstructured.SetNestedMap(u.Object, tc.annotations, "metadata", "annotations")
+			}
+			d := &doctor{o: &DoctorOptions{}, c: &clients{kube: kube}}
+			d.checkOwner(context.Background(), "APIService v1beta2.custom.metrics.k8s.io", u, ns, "metrics")
+			if len(d.checks) != 1 {
+				t.Fatalf("checks: %+v, want one", d.checks)
+			}
+			got := d.checks[0]
+			text := got.Evidence + " " + got.Fix
+			for _, w := range tc.evidence {
+				if !strings.Contains(text, w) {
+					t.Errorf("got %s: %s (fix: %s)\nwant %s with %q", got.Status, got.Evidence, got.Fix, tc.status, w)
+				}
+			}
+			if got.Status != tc.status {
+				t.Errorf("status %s, want %s", got.Status, tc.status)
+			}
+		})
 	}
 }
