@@ -121,8 +121,14 @@ func TestDoctorAPIServiceTLS(t *testing.T) {
 		notAfter := writeServingCert(ctx, t, secrets, now.Add(-40*24*time.Hour), now.Add(-10*24*time.Hour))
 		ch := d.expect(ctx, checkFail, fmt.Sprintf("the serving certificate in Secret %s/%s expired on %s", doctorNamespace, doctorSecret, notAfter.UTC().Format(time.DateOnly)),
 			"helm upgrade "+doctorRelease+" deploy/helm/wsscale -n "+doctorNamespace+" --reuse-values renews it")
-		// The adapter reloads the certificate from its Secret: the aggregator refuses it, as the
-		// doctor says. Seen before the repair, so that Available afterwards means the new one.
+		// The adapter reloads the certificate from its Secret, and the aggregator checks it at its
+		// next TLS handshake: a new adapter pod (as any restart) makes one, and the aggregator
+		// refuses it, as the doctor says. Seen before the repair, so that Available afterwards
+		// means the new certificate.
+		if err := client.CoreV1().Pods(doctorNamespace).DeleteCollection(ctx, metav1.DeleteOptions{},
+			metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=wsscale,app.kubernetes.io/instance=" + doctorRelease}); err != nil {
+			t.Fatal(err)
+		}
 		waitAPIServiceRefused(ctx, t, dyn)
 		d.runHelmFix(ctx, ch)
 		expectFreshCert(t, d.expect(ctx, checkPass, tlsEvidence, "days to expiry"))

@@ -204,11 +204,11 @@ func (d *doctor) checkTLS(ctx context.Context, obj string, u *unstructured.Unstr
 	switch {
 	case left < 0:
 		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
-			Evidence: fmt.Sprintf("the serving certificate in Secret %s expired on %s: the aggregator refuses the adapter", secret, cert.NotAfter.UTC().Format(time.DateOnly)),
+			Evidence: fmt.Sprintf("the serving certificate in Secret %s expired on %s: the aggregator refuses the adapter at its next connection", secret, cert.NotAfter.UTC().Format(time.DateOnly)),
 			Fix:      upgrade + " renews it (tls.mode auto; cert-manager renews its own)"})
 	case d.now.Before(cert.NotBefore):
 		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
-			Evidence: fmt.Sprintf("the serving certificate in Secret %s is not valid before %s: the aggregator refuses the adapter", secret, cert.NotBefore.UTC().Format(time.RFC3339)),
+			Evidence: fmt.Sprintf("the serving certificate in Secret %s is not valid before %s: the aggregator refuses the adapter at its next connection", secret, cert.NotBefore.UTC().Format(time.RFC3339)),
 			Fix:      "check the clocks of the nodes and of the machine that issued it, or " + upgrade + " to issue a new one"})
 	case left < d.o.CertExpiryWarning:
 		d.add(Check{Area: "apiservice", Object: obj, Status: Warn, Evidence: fmt.Sprintf("caBundle verifies the serving certificate in Secret %s; it expires in %d days", secret, days), Fix: upgrade + " renews it (tls.mode auto; cert-manager renews its own)"})
