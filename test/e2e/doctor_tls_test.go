@@ -439,10 +439,11 @@ func sameCerts(a, b []byte) bool {
 	return true
 }
 
-// waitAPIServiceRefused waits until the aggregator reports the v1beta2 APIService not Available.
+// waitAPIServiceRefused waits until the aggregator reports the v1beta2 APIService not Available
+// because the adapter's certificate does not verify (not for a pod that is not there yet).
 func waitAPIServiceRefused(ctx context.Context, t *testing.T, dyn dynamic.Interface) {
 	t.Helper()
-	poll(ctx, t, "APIService "+doctorAPI+" not Available", 3*time.Minute, func() (bool, string) {
+	poll(ctx, t, "APIService "+doctorAPI+" not Available: the adapter's certificate refused", 3*time.Minute, func() (bool, string) {
 		obj, err := dyn.Resource(apiServiceResource).Get(ctx, doctorAPI, metav1.GetOptions{})
 		if err != nil {
 			return false, err.Error()
@@ -450,7 +451,8 @@ func waitAPIServiceRefused(ctx context.Context, t *testing.T, dyn dynamic.Interf
 		conds, _, _ := unstructured.NestedSlice(obj.Object, "status", "conditions")
 		for _, c := range conds {
 			if m, _ := c.(map[string]any); m["type"] == "Available" {
-				return m["status"] == "False", fmt.Sprintf("%v (%v: %v)", m["status"], m["reason"], m["message"])
+				msg := fmt.Sprint(m["message"])
+				return m["status"] == "False" && strings.Contains(msg, "x509: certificate has expired"), fmt.Sprintf("%v (%v: %v)", m["status"], m["reason"], msg)
 			}
 		}
 		return false, "no Available condition"
