@@ -54,7 +54,7 @@ func (d *doctor) checkAPIServices(ctx context.Context) {
 			continue
 		}
 		svcRef := svcNS + "/" + svcName
-		d.checkOwner(ctx, obj, svcNS, svcName)
+		d.checkOwner(ctx, obj, u, svcNS, svcName)
 		d.checkAvailable(obj, u, svcRef)
 		d.checkTLS(ctx, obj, u, svcNS, svcName)
 	}
@@ -62,8 +62,14 @@ func (d *doctor) checkAPIServices(ctx context.Context) {
 
 // checkOwner checks that the APIService's Service exists and is wsscale's: its pods run the
 // wsscale adapter (image or labels), not another custom metrics product.
-func (d *doctor) checkOwner(ctx context.Context, obj, ns, name string) {
+func (d *doctor) checkOwner(ctx context.Context, obj string, u *unstructured.Unstructured, ns, name string) {
 	ref := ns + "/" + name
+	// A chart release restores its own objects; another product's APIService is deleted first,
+	// because an upgrade does not take back a field someone else changed on an existing one.
+	restore := installFix
+	if isHelmManaged(u) {
+		restore = helmUpgrade(u, ns)
+	}
 	svc, err := d.c.kube.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
@@ -101,11 +107,11 @@ func (d *doctor) checkOwner(ctx context.Context, obj, ns, name string) {
 	case len(pods) == 0:
 		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
 			Evidence: fmt.Sprintf("Service %s selects no pod: nothing answers the metrics requests", ref),
-			Fix:      "check the adapter Deployment in " + ns + " (kubectl -n " + ns + " get deploy,pods) and the Service's selector"})
+			Fix:      "check the adapter Deployment in " + ns + " (kubectl -n " + ns + " get deploy,pods) and the Service's selector; " + restore + " restores the chart's Deployment and Service"})
 	case !ours:
 		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
 			Evidence: fmt.Sprintf("Service %s runs %s, not wsscale's adapter: another product owns custom.metrics.k8s.io and the HPA reads its values", ref, strings.Join(unique(images), ", ")),
-			Fix:      "one adapter per cluster serves custom.metrics.k8s.io: uninstall the other one's APIServices, or serve websocket_connections from it instead"})
+			Fix:      fmt.Sprintf("one adapter per cluster serves custom.metrics.k8s.io: uninstall the other one's APIServices (kubectl delete apiservice %s), then %s registers wsscale's again; or serve websocket_connections from the other one instead", u.GetName(), restore)})
 	default:
 		d.add(Check{Area: "apiservice", Object: obj, Status: Pass,
 			Evidence: fmt.Sprintf("points at Service %s of wsscale's adapter (%d pods: %s)", ref, len(pods), strings.Join(unique(images), ", "))})
@@ -188,22 +194,52 @@ func (d *doctor) checkTLS(ctx context.Context, obj string, u *unstructured.Unstr
 		return
 	}
 	host := svcName + "." + svcNS + ".svc"
-	if _, err := cert.Verify(x509.VerifyOptions{Roots: roots, DNSName: host, CurrentTime: d.now}); err != nil {
+	upgrade := helmUpgrade(u, svcNS)
+	// The chain is judged now with the serving certificate's own dates set aside, so that an
+	// expired (or not yet valid) certificate is reported as such below, not as a caBundle that
+	// does not verify. Its signature covers the raw certificate, not these fields; the CA's dates
+	// still count.
+	undated := *cert
+	undated.NotBefore, undated.NotAfter = d.now.Add(-time.Hour), d.now.Add(time.Hour)
+	if _, err := undated.Verify(x509.VerifyOptions{Roots: roots, DNSName: host, CurrentTime: d.now}); err != nil {
 		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
 			Evidence: fmt.Sprintf("caBundle does not verify the serving certificate in Secret %s for %s: %v", secret, host, err),
-			Fix:      "renew both together: helm upgrade wsscale deploy/helm/wsscale (tls.mode auto re-issues the pair), or set caBundle to the CA that signed " + secret})
+			Fix:      fmt.Sprintf("%s (in tls.mode auto it sets caBundle to the Secret's CA again and re-issues the pair when it is due), or set caBundle to the CA that signed %s", upgrade, secret)})
 		return
 	}
 	left := cert.NotAfter.Sub(d.now)
 	days := int(left.Hours() / 24)
 	switch {
-	case left <= 0:
-		d.add(Check{Area: "apiservice", Object: obj, Status: Fail, Evidence: fmt.Sprintf("the serving certificate in Secret %s expired on %s", secret, cert.NotAfter.UTC().Format(time.DateOnly)), Fix: "helm upgrade wsscale deploy/helm/wsscale renews it"})
+	case left < 0:
+		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
+			Evidence: fmt.Sprintf("the serving certificate in Secret %s expired on %s: the aggregator refuses the adapter at its next connection", secret, cert.NotAfter.UTC().Format(time.DateOnly)),
+			Fix:      upgrade + " renews it (tls.mode auto; cert-manager renews its own)"})
+	case d.now.Before(cert.NotBefore):
+		d.add(Check{Area: "apiservice", Object: obj, Status: Fail,
+			Evidence: fmt.Sprintf("the serving certificate in Secret %s is not valid before %s: the aggregator refuses the adapter at its next connection", secret, cert.NotBefore.UTC().Format(time.RFC3339)),
+			Fix:      "check the clocks of the nodes and of the machine that issued it, or " + upgrade + " to issue a new one"})
 	case left < d.o.CertExpiryWarning:
-		d.add(Check{Area: "apiservice", Object: obj, Status: Warn, Evidence: fmt.Sprintf("caBundle verifies the serving certificate in Secret %s; it expires in %d days", secret, days), Fix: "helm upgrade wsscale deploy/helm/wsscale renews it (or let cert-manager)"})
+		d.add(Check{Area: "apiservice", Object: obj, Status: Warn, Evidence: fmt.Sprintf("caBundle verifies the serving certificate in Secret %s; it expires in %d days", secret, days), Fix: upgrade + " renews it (tls.mode auto; cert-manager renews its own)"})
 	default:
 		d.add(Check{Area: "apiservice", Object: obj, Status: Pass, Evidence: fmt.Sprintf("caBundle verifies the serving certificate in Secret %s for %s; %d days to expiry", secret, host, days)})
 	}
+}
+
+// helmUpgrade is the command that renders the release owning the APIService again with the values
+// it was installed with; without Helm's ownership annotations it names the chart's default release
+// in the Service's namespace.
+func helmUpgrade(u *unstructured.Unstructured, svcNS string) string {
+	release, ns := u.GetAnnotations()["meta.helm.sh/release-name"], u.GetAnnotations()["meta.helm.sh/release-namespace"]
+	if !isHelmManaged(u) {
+		release, ns = "wsscale", svcNS
+	}
+	return fmt.Sprintf("helm upgrade %s deploy/helm/wsscale -n %s --reuse-values", release, ns)
+}
+
+// isHelmManaged tells whether a Helm release owns the object.
+func isHelmManaged(u *unstructured.Unstructured) bool {
+	a := u.GetAnnotations()
+	return a["meta.helm.sh/release-name"] != "" && a["meta.helm.sh/release-namespace"] != ""
 }
 
 // servingCert finds the serving certificate the Service's pods mount from a Secret (tls.crt).
