@@ -41,7 +41,6 @@ const (
 	doctorForeignNS = "doctor-foreign"
 	doctorSecret    = doctorRelease + "-tls"
 	doctorAPI       = "v1beta2.custom.metrics.k8s.io"
-	checkWarn       = "warn"
 )
 
 // doctorFixCommand finds the helm upgrade the doctor's fix names.
