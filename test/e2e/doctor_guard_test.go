@@ -10,12 +10,9 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
@@ -50,21 +47,8 @@ func TestPluginDoctorGuard(t *testing.T) {
 	pluginEcho(ctx, t, client, ns, 2)
 	legacy := legacyEcho(ctx, t, client, ns)
 
-	guards := dyn.Resource(scaleGuardResource).Namespace(ns)
-	guard, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&autoscalingv1alpha1.ScaleGuard{
-		TypeMeta:   metav1.TypeMeta{APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard"},
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: autoscalingv1alpha1.ScaleGuardSpec{
-			TargetRef: autoscalingv1alpha1.TargetRef{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"},
-			ScaleDown: autoscalingv1alpha1.ScaleDownSpec{DrainTimeout: &metav1.Duration{Duration: time.Minute}},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := guards.Create(ctx, &unstructured.Unstructured{Object: guard}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// An HPA through the guard that keeps two pods.
+	guards := pluginGuard(ctx, t, client, dyn, ns, autoscalingv1alpha1.ScaleDownSpec{DrainTimeout: &metav1.Duration{Duration: time.Minute}}, 2, 3)
 	// Cleanups run last first: the adapter comes back, then the guard goes (its finalizer needs
 	// the controller), then the namespace.
 	t.Cleanup(func() { deleteGuard(t, dyn, ns, "echo") })
@@ -73,22 +57,6 @@ func TestPluginDoctorGuard(t *testing.T) {
 		defer cancel()
 		setAdapterReplicas(ctx, t, client, dyn, 1)
 	})
-	// An HPA through the guard that keeps two pods (minimum 2, far below its target).
-	hpa := &autoscalingv2.HorizontalPodAutoscaler{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
-			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard", Name: "echo"},
-			MinReplicas:    ptr.To[int32](2),
-			MaxReplicas:    3,
-			Metrics: []autoscalingv2.MetricSpec{{Type: autoscalingv2.PodsMetricSourceType, Pods: &autoscalingv2.PodsMetricSource{
-				Metric: autoscalingv2.MetricIdentifier{Name: "websocket_connections"},
-				Target: autoscalingv2.MetricTarget{Type: autoscalingv2.AverageValueMetricType, AverageValue: resourceQuantity(1000)},
-			}}},
-		},
-	}
-	if _, err := client.AutoscalingV2().HorizontalPodAutoscalers(ns).Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 	guardObj := "ScaleGuard " + ns + "/echo"
 	strayObj := "pod " + ns + "/" + legacy
 

@@ -138,6 +138,45 @@ func pluginAdapter(ctx context.Context, t *testing.T, c *localcluster.Cluster) d
 	return dyn
 }
 
+// pluginGuard puts a ScaleGuard named echo with the given scale-down settings in front of the
+// Deployment echo in ns, and an HPA named echo through it on websocket_connections with a target of
+// 1,000 per pod, far above the tests' loads, so that minReplicas holds. It returns the
+// namespace's ScaleGuards.
+func pluginGuard(ctx context.Context, t *testing.T, client kubernetes.Interface, dyn dynamic.Interface, ns string, scaleDown autoscalingv1alpha1.ScaleDownSpec, minReplicas, maxReplicas int32) dynamic.ResourceInterface {
+	t.Helper()
+	guard, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&autoscalingv1alpha1.ScaleGuard{
+		TypeMeta:   metav1.TypeMeta{APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard"},
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: autoscalingv1alpha1.ScaleGuardSpec{
+			TargetRef: autoscalingv1alpha1.TargetRef{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"},
+			ScaleDown: scaleDown,
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	guards := dyn.Resource(scaleGuardResource).Namespace(ns)
+	if _, err := guards.Create(ctx, &unstructured.Unstructured{Object: guard}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	hpa := &autoscalingv2.HorizontalPodAutoscaler{
+		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
+		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
+			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard", Name: "echo"},
+			MinReplicas:    ptr.To(minReplicas),
+			MaxReplicas:    maxReplicas,
+			Metrics: []autoscalingv2.MetricSpec{{Type: autoscalingv2.PodsMetricSourceType, Pods: &autoscalingv2.PodsMetricSource{
+				Metric: autoscalingv2.MetricIdentifier{Name: "websocket_connections"},
+				Target: autoscalingv2.MetricTarget{Type: autoscalingv2.AverageValueMetricType, AverageValue: resourceQuantity(1000)},
+			}}},
+		},
+	}
+	if _, err := client.AutoscalingV2().HorizontalPodAutoscalers(ns).Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return guards
+}
+
 // TestPluginStatus holds known numbers of connections on three echo pods with the load client
 // (30, 12 and 0) and checks what `kubectl wsscale status` shows: those counts per pod as the HPA
 // reads them, the guard's desired and applied replicas, the empty pod as the next victim, the
@@ -171,41 +210,12 @@ func TestPluginStatus(t *testing.T) {
 		return true, fmt.Sprint(got)
 	})
 
-	guard, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&autoscalingv1alpha1.ScaleGuard{
-		TypeMeta:   metav1.TypeMeta{APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard"},
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: autoscalingv1alpha1.ScaleGuardSpec{
-			TargetRef: autoscalingv1alpha1.TargetRef{APIVersion: "apps/v1", Kind: "Deployment", Name: "echo"},
-			ScaleDown: autoscalingv1alpha1.ScaleDownSpec{
-				DrainTimeout:     &metav1.Duration{Duration: time.Minute},
-				DisconnectBudget: &autoscalingv1alpha1.DisconnectBudget{MaxDisconnects: 50, Window: &metav1.Duration{Duration: time.Minute}},
-			},
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	guards := dyn.Resource(scaleGuardResource).Namespace(ns)
-	if _, err := guards.Create(ctx, &unstructured.Unstructured{Object: guard}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	// An HPA through the guard that keeps three pods.
+	guards := pluginGuard(ctx, t, client, dyn, ns, autoscalingv1alpha1.ScaleDownSpec{
+		DrainTimeout:     &metav1.Duration{Duration: time.Minute},
+		DisconnectBudget: &autoscalingv1alpha1.DisconnectBudget{MaxDisconnects: 50, Window: &metav1.Duration{Duration: time.Minute}},
+	}, 3, 5)
 	t.Cleanup(func() { _ = guards.Delete(context.Background(), "echo", metav1.DeleteOptions{}) })
-	// An HPA through the guard that keeps three pods (minimum 3, far below its target).
-	hpa := &autoscalingv2.HorizontalPodAutoscaler{
-		ObjectMeta: metav1.ObjectMeta{Name: "echo"},
-		Spec: autoscalingv2.HorizontalPodAutoscalerSpec{
-			ScaleTargetRef: autoscalingv2.CrossVersionObjectReference{APIVersion: autoscalingv1alpha1.SchemeGroupVersion.String(), Kind: "ScaleGuard", Name: "echo"},
-			MinReplicas:    ptr.To[int32](3),
-			MaxReplicas:    5,
-			Metrics: []autoscalingv2.MetricSpec{{Type: autoscalingv2.PodsMetricSourceType, Pods: &autoscalingv2.PodsMetricSource{
-				Metric: autoscalingv2.MetricIdentifier{Name: "websocket_connections"},
-				Target: autoscalingv2.MetricTarget{Type: autoscalingv2.AverageValueMetricType, AverageValue: resourceQuantity(1000)},
-			}}},
-		},
-	}
-	if _, err := client.AutoscalingV2().HorizontalPodAutoscalers(ns).Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
 
 	var st pluginStatus
 	poll(ctx, t, "kubectl wsscale status -o json", 2*time.Minute, func() (bool, string) {
@@ -421,6 +431,7 @@ func TestPluginDoctor(t *testing.T) {
 	defer cancel()
 	dyn := pluginAdapter(ctx, t, c)
 	installCRDs(ctx, t, dyn, filepath.Join(sharedCRDDir(t), "gateway-api.yaml"), filepath.Join(sharedCRDDir(t), "istio.yaml"), filepath.Join(sharedCRDDir(t), "linkerd.yaml"))
+	kube := newDryRunner(t, c.RESTConfig()) // after the CRDs: it discovers their resources on first use
 	const ns = "plugin-doctor"
 	pods := pluginEcho(ctx, t, client, ns, 2)
 	hpas := client.AutoscalingV2().HorizontalPodAutoscalers(ns)
@@ -555,18 +566,18 @@ func TestPluginDoctor(t *testing.T) {
 		if err := unstructured.SetNestedSlice(broken.Object, http, "spec", "http"); err != nil {
 			t.Fatal(err)
 		}
-		applyObject(ctx, t, dyn, broken)
+		applyObject(ctx, t, kube, broken)
 		expectCheck(ctx, t, c, ns, "exposure", "VirtualService "+ns+"/echo", checkFail, "route websocket timeout 30s", "remove timeout from the WebSocket route")
-		applyObject(ctx, t, dyn, vs) // the chart's own rendering: no timeout
+		applyObject(ctx, t, kube, vs) // the chart's own rendering: no timeout
 		expectCheck(ctx, t, c, ns, "exposure", "VirtualService "+ns+"/echo", checkPass, "no route timeout")
 
 		brokenDR := dr.DeepCopy()
 		if err := unstructured.SetNestedField(brokenDR.Object, "UPGRADE", "spec", "trafficPolicy", "connectionPool", "http", "h2UpgradePolicy"); err != nil {
 			t.Fatal(err)
 		}
-		applyObject(ctx, t, dyn, brokenDR)
+		applyObject(ctx, t, kube, brokenDR)
 		expectCheck(ctx, t, c, ns, "exposure", "DestinationRule "+ns+"/echo", checkFail, "h2UpgradePolicy UPGRADE", "DO_NOT_UPGRADE")
-		applyObject(ctx, t, dyn, dr)
+		applyObject(ctx, t, kube, dr)
 		expectCheck(ctx, t, c, ns, "exposure", "DestinationRule "+ns+"/echo", checkPass, "h2UpgradePolicy DO_NOT_UPGRADE")
 	})
 
@@ -575,19 +586,19 @@ func TestPluginDoctor(t *testing.T) {
 		obj := "Ingress " + ns + "/echo (class nginx)"
 		broken := ing.DeepCopy()
 		setAnnotation(broken, "nginx.ingress.kubernetes.io/proxy-read-timeout", "30")
-		applyObject(ctx, t, dyn, broken)
-		t.Cleanup(func() { deleteObject(t, dyn, ing) })
+		applyObject(ctx, t, kube, broken)
+		t.Cleanup(func() { deleteObject(t, kube, ing) })
 		// The demo's server pings every 30 s; with the doctor's margin of 2 NGINX must wait 60 s.
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "proxy-read-timeout=30: NGINX closes a WebSocket quiet for 30s", `proxy-read-timeout: "3600"`)
 		unsetAnnotation(broken, "nginx.ingress.kubernetes.io/proxy-read-timeout")
 		setAnnotation(broken, "nginx.ingress.kubernetes.io/proxy-send-timeout", "an hour")
-		applyObject(ctx, t, dyn, broken)
+		applyObject(ctx, t, kube, broken)
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, `proxy-send-timeout="an hour" is not a number of seconds`)
-		applyObject(ctx, t, dyn, ing) // the chart's rendering: 3600 both ways
+		applyObject(ctx, t, kube, ing) // the chart's rendering: 3600 both ways
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "proxy-read-timeout=3600 ≥ ping interval 30s")
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "proxy-send-timeout=3600 ≥ ping interval 30s")
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkWarn, "retired in March 2026", "Gateway API")
-		deleteObject(t, dyn, ing)
+		deleteObject(t, kube, ing)
 	})
 
 	t.Run("haproxy timeout-tunnel", func(t *testing.T) {
@@ -595,18 +606,18 @@ func TestPluginDoctor(t *testing.T) {
 		obj := "Ingress " + ns + "/echo (class haproxy)"
 		broken := ing.DeepCopy()
 		setAnnotation(broken, "haproxy.org/timeout-tunnel", "30s")
-		applyObject(ctx, t, dyn, broken)
-		t.Cleanup(func() { deleteObject(t, dyn, ing) })
+		applyObject(ctx, t, kube, broken)
+		t.Cleanup(func() { deleteObject(t, kube, ing) })
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "timeout-tunnel=30s: HAProxy closes a WebSocket quiet for 30s", "set haproxy.org/timeout-tunnel to 1h")
 		setAnnotation(broken, "haproxy.org/timeout-tunnel", "1 hour")
-		applyObject(ctx, t, dyn, broken)
+		applyObject(ctx, t, kube, broken)
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, `timeout-tunnel="1 hour"`, "use an HAProxy time such as 1h")
 		setAnnotation(broken, "haproxy.org/timeout-tunnel", "1h")
-		applyObject(ctx, t, dyn, broken)
+		applyObject(ctx, t, kube, broken)
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "timeout-tunnel=1h ≥ ping interval 30s")
-		applyObject(ctx, t, dyn, ing) // the chart's rendering leaves the tunnel timeout to the controller
+		applyObject(ctx, t, kube, ing) // the chart's rendering leaves the tunnel timeout to the controller
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "no haproxy.org/timeout-tunnel on the Ingress")
-		deleteObject(t, dyn, ing)
+		deleteObject(t, kube, ing)
 	})
 
 	t.Run("linkerd server", func(t *testing.T) {
@@ -621,16 +632,16 @@ func TestPluginDoctor(t *testing.T) {
 		if err := unstructured.SetNestedField(broken.Object, "HTTP/2", "spec", "proxyProtocol"); err != nil {
 			t.Fatal(err)
 		}
-		applyObject(ctx, t, dyn, broken) // and no authorization yet
+		applyObject(ctx, t, kube, broken) // and no authorization yet
 		t.Cleanup(func() {
 			for _, o := range []*unstructured.Unstructured{authz, authn, server} {
-				deleteObject(t, dyn, o)
+				deleteObject(t, kube, o)
 			}
 		})
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "proxyProtocol HTTP/2", "set spec.proxyProtocol to HTTP/1")
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkFail, "Linkerd denies every connection", "AuthorizationPolicy with targetRef kind Server name "+server.GetName())
 		for _, o := range []*unstructured.Unstructured{server, authn, authz} { // the chart's rendering
-			applyObject(ctx, t, dyn, o)
+			applyObject(ctx, t, kube, o)
 		}
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "proxyProtocol HTTP/1 carries the HTTP/1.1 Upgrade")
 		expectCheck(ctx, t, c, ns, "exposure", obj, checkPass, "an authorization admits clients")
@@ -802,40 +813,25 @@ func chartExposure(t *testing.T, ns, ciValues string, kinds ...string) map[strin
 	return out
 }
 
-// objectResource maps a rendered object to its resource, for the kinds the doctor tests apply.
-func objectResource(t *testing.T, obj *unstructured.Unstructured) schema.GroupVersionResource {
+// applyObject server-side applies obj in its namespace for real, with strict field validation:
+// the real CRD schemas judge it.
+func applyObject(ctx context.Context, t *testing.T, d *dryRunner, obj *unstructured.Unstructured) {
 	t.Helper()
-	gv, err := schema.ParseGroupVersion(obj.GetAPIVersion())
+	res, err := d.resource(obj, obj.GetNamespace())
+	if err == nil {
+		err = d.apply(ctx, res, obj, nil)
+	}
 	if err != nil {
-		t.Fatal(err)
-	}
-	plural := map[string]string{
-		"Ingress": "ingresses", "VirtualService": "virtualservices", "DestinationRule": "destinationrules",
-		"Server": "servers", "AuthorizationPolicy": "authorizationpolicies", "MeshTLSAuthentication": "meshtlsauthentications",
-	}[obj.GetKind()]
-	if plural == "" {
-		t.Fatalf("no resource known for kind %s", obj.GetKind())
-	}
-	return gv.WithResource(plural)
-}
-
-// applyObject server-side applies obj (strict field validation: the real CRD schemas judge it).
-func applyObject(ctx context.Context, t *testing.T, dyn dynamic.Interface, obj *unstructured.Unstructured) {
-	t.Helper()
-	data, err := json.Marshal(obj.Object)
-	if err != nil {
-		t.Fatal(err)
-	}
-	force := true
-	res := dyn.Resource(objectResource(t, obj)).Namespace(obj.GetNamespace())
-	if _, err := res.Patch(ctx, obj.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{FieldManager: "wsscale-e2e", Force: &force, FieldValidation: "Strict"}); err != nil {
 		t.Fatalf("apply %s %s: %v", obj.GetKind(), obj.GetName(), err)
 	}
 }
 
-func deleteObject(t *testing.T, dyn dynamic.Interface, obj *unstructured.Unstructured) {
+func deleteObject(t *testing.T, d *dryRunner, obj *unstructured.Unstructured) {
 	t.Helper()
-	err := dyn.Resource(objectResource(t, obj)).Namespace(obj.GetNamespace()).Delete(context.Background(), obj.GetName(), metav1.DeleteOptions{})
+	res, err := d.resource(obj, obj.GetNamespace())
+	if err == nil {
+		err = res.Delete(context.Background(), obj.GetName(), metav1.DeleteOptions{})
+	}
 	if err != nil && !apierrors.IsNotFound(err) {
 		t.Errorf("delete %s %s: %v", obj.GetKind(), obj.GetName(), err)
 	}

@@ -95,28 +95,18 @@ func (o *DoctorOptions) Validate(args []string) []error {
 }
 
 func newDoctorCommand(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
-	o := NewDoctorOptions(flags, streams)
-	cmd := &cobra.Command{
-		Use:   "doctor",
-		Short: "Check the autoscaling setup against the live cluster: pass, warn or fail, with evidence and fix",
-		Long: `doctor checks the custom metrics APIServices (owner, availability, TLS), the metric and its
+	return newSubcommand("doctor", "Check the autoscaling setup against the live cluster: pass, warn or fail, with evidence and fix",
+		`doctor checks the custom metrics APIServices (owner, availability, TLS), the metric and its
 values, every HPA on it, the pods the HPA selects but the adapter does not track (and why), the
 ScaleGuards, the drain safety of each workload's pods, and the exposure path found in the namespace
 (Ingress NGINX, HAProxy, Traefik, Gateway API, Istio, Linkerd, cloud load balancers). Each check
 prints pass, warn or fail with its evidence and the fix. The exit code is 1 when any check fails.`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if errs := o.Validate(args); len(errs) > 0 {
-				return joinErrors(errs)
-			}
-			return o.Run(cmd.Context())
-		},
-	}
-	o.AddFlags(cmd.Flags())
-	return cmd
+		NewDoctorOptions(flags, streams))
 }
 
-// Run runs every check, prints them, and returns an error when one failed.
-func (o *DoctorOptions) Run(ctx context.Context) error {
+// Run runs every check, prints them, and returns an error when one failed. It takes no arguments
+// (Validate refuses them).
+func (o *DoctorOptions) Run(ctx context.Context, _ []string) error {
 	c, err := newClients(o.flags)
 	if err != nil {
 		return err

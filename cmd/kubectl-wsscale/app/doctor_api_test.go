@@ -2,14 +2,7 @@ package app
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
-	"math/big"
 	"strings"
 	"testing"
 	"time"
@@ -18,14 +11,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/wsscale/wsscale/internal/testpki"
 )
 
 // testCA is a CA that signs serving certificates for the TLS check's tests.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
+type testCA struct{ *testpki.CA }
 
 func newTestCA(t *testing.T, name string, now time.Time) *testCA {
 	t.Helper()
@@ -34,43 +25,21 @@ func newTestCA(t *testing.T, name string, now time.Time) *testCA {
 
 func newTestCAValid(t *testing.T, name string, notBefore, notAfter time.Time) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, err := testpki.NewCA(name, notBefore, notAfter)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
-		NotBefore: notBefore, NotAfter: notAfter,
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+	return &testCA{ca}
 }
 
 // leaf signs a serving certificate for dnsName valid from notBefore to notAfter, in PEM.
 func (ca *testCA) leaf(t *testing.T, dnsName string, notBefore, notAfter time.Time) []byte {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, crt, _, err := ca.Serving([]string{dnsName}, notBefore, notAfter)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: dnsName}, DNSNames: []string{dnsName},
-		NotBefore: notBefore, NotAfter: notAfter,
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return crt
 }
 
 // TestCheckTLS runs the APIService TLS check against an adapter whose pods mount the serving
@@ -95,25 +64,25 @@ func TestCheckTLS(t *testing.T) {
 		evidence string
 		fix      string
 	}{
-		{name: "valid", bundle: ca.pem, crt: ca.leaf(t, host, now.Add(-day), now.Add(365*day)),
+		{name: "valid", bundle: ca.PEM, crt: ca.leaf(t, host, now.Add(-day), now.Add(365*day)),
 			status: Pass, evidence: "caBundle verifies the serving certificate in Secret wsscale-system/wsscale-tls for wsscale.wsscale-system.svc; 365 days to expiry"},
-		{name: "expired", bundle: ca.pem, crt: ca.leaf(t, host, now.Add(-40*day), now.Add(-10*day)),
+		{name: "expired", bundle: ca.PEM, crt: ca.leaf(t, host, now.Add(-40*day), now.Add(-10*day)),
 			status: Fail, evidence: "the serving certificate in Secret wsscale-system/wsscale-tls expired on 2026-05-22",
 			fix: "helm upgrade wsscale deploy/helm/wsscale -n wsscale-system --reuse-values renews it"},
-		{name: "not yet valid", bundle: ca.pem, crt: ca.leaf(t, host, now.Add(day), now.Add(365*day)),
+		{name: "not yet valid", bundle: ca.PEM, crt: ca.leaf(t, host, now.Add(day), now.Add(365*day)),
 			status: Fail, evidence: "is not valid before 2026-06-02T12:00:00Z", fix: "check the clocks"},
-		{name: "expires soon", bundle: ca.pem, crt: ca.leaf(t, host, now.Add(-day), now.Add(10*day+time.Hour)),
+		{name: "expires soon", bundle: ca.PEM, crt: ca.leaf(t, host, now.Add(-day), now.Add(10*day+time.Hour)),
 			status: Warn, evidence: "it expires in 10 days", fix: "helm upgrade wsscale deploy/helm/wsscale -n wsscale-system --reuse-values renews it"},
-		{name: "unrelated CA", bundle: other.pem, crt: ca.leaf(t, host, now.Add(-day), now.Add(365*day)),
+		{name: "unrelated CA", bundle: other.PEM, crt: ca.leaf(t, host, now.Add(-day), now.Add(365*day)),
 			status: Fail, evidence: "caBundle does not verify the serving certificate in Secret wsscale-system/wsscale-tls",
 			fix: "helm upgrade wsscale deploy/helm/wsscale -n wsscale-system --reuse-values (in tls.mode auto it sets caBundle to the Secret's CA again"},
-		{name: "unrelated CA and expired", bundle: other.pem, crt: ca.leaf(t, host, now.Add(-40*day), now.Add(-10*day)),
+		{name: "unrelated CA and expired", bundle: other.PEM, crt: ca.leaf(t, host, now.Add(-40*day), now.Add(-10*day)),
 			status: Fail, evidence: "caBundle does not verify"},
-		{name: "expired before its CA was issued", bundle: young.pem, crt: young.leaf(t, host, now.Add(-40*day), now.Add(-10*day)),
+		{name: "expired before its CA was issued", bundle: young.PEM, crt: young.leaf(t, host, now.Add(-40*day), now.Add(-10*day)),
 			status: Fail, evidence: "expired on 2026-05-22"},
-		{name: "expired CA", bundle: old.pem, crt: old.leaf(t, host, now.Add(-40*day), now.Add(365*day)),
+		{name: "expired CA", bundle: old.PEM, crt: old.leaf(t, host, now.Add(-40*day), now.Add(365*day)),
 			status: Fail, evidence: "caBundle does not verify the serving certificate in Secret wsscale-system/wsscale-tls for wsscale.wsscale-system.svc: x509: certificate has expired or is not yet valid"},
-		{name: "other name", bundle: ca.pem, crt: ca.leaf(t, "elsewhere.default.svc", now.Add(-day), now.Add(365*day)),
+		{name: "other name", bundle: ca.PEM, crt: ca.leaf(t, "elsewhere.default.svc", now.Add(-day), now.Add(365*day)),
 			status: Fail, evidence: "caBundle does not verify the serving certificate in Secret wsscale-system/wsscale-tls for wsscale.wsscale-system.svc: x509: certificate is valid for elsewhere.default.svc"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -81,24 +81,13 @@ func (o *RecordOptions) Validate(args []string) []error {
 }
 
 func newRecordCommand(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
-	o := NewRecordOptions(flags, streams)
-	cmd := &cobra.Command{
-		Use:   "record [TARGET] --duration D -o timeline.svg|timeline.html",
-		Short: "Sample connections per pod, replicas and scale decisions, and draw them as one picture",
-		Long: `record samples a WebSocket workload every --interval for --duration: each pod's connections as
+	return newSubcommand("record [TARGET] --duration D -o timeline.svg|timeline.html", "Sample connections per pod, replicas and scale decisions, and draw them as one picture",
+		`record samples a WebSocket workload every --interval for --duration: each pod's connections as
 the HPA reads them, the Deployment's replicas, and the scale and drain decisions (Events of the HPA,
 the ScaleGuard and the Deployment). It draws a stacked area of connections per pod, the replicas as
 a step line and the decisions as markers, into an SVG file or an HTML page. TARGET names the HPA,
 ScaleGuard or Deployment when the namespace has more than one workload.`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if errs := o.Validate(args); len(errs) > 0 {
-				return joinErrors(errs)
-			}
-			return o.Run(cmd.Context(), args)
-		},
-	}
-	o.AddFlags(cmd.Flags())
-	return cmd
+		NewRecordOptions(flags, streams))
 }
 
 // Run records and writes the file. An interrupt ends the recording early; what was sampled is

@@ -8,6 +8,7 @@ import (
 	"fmt"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/dynamic"
@@ -55,6 +56,31 @@ decisions over time (record). It only reads from the cluster.`,
 	cmd.SetErr(streams.ErrOut)
 	flags.AddFlags(cmd.PersistentFlags())
 	cmd.AddCommand(newStatusCommand(flags, streams), newDoctorCommand(flags, streams), newRecordCommand(flags, streams))
+	return cmd
+}
+
+// subcommandOptions are a subcommand's options in kubectl's pattern: flags, validation that names
+// every problem at once, and the run.
+type subcommandOptions interface {
+	AddFlags(fs *pflag.FlagSet)
+	Validate(args []string) []error
+	Run(ctx context.Context, args []string) error
+}
+
+// newSubcommand wires options into a cobra command: validate the arguments, then run.
+func newSubcommand(use, short, long string, o subcommandOptions) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: short,
+		Long:  long,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if errs := o.Validate(args); len(errs) > 0 {
+				return joinErrors(errs)
+			}
+			return o.Run(cmd.Context(), args)
+		},
+	}
+	o.AddFlags(cmd.Flags())
 	return cmd
 }
 

@@ -76,25 +76,14 @@ func (o *StatusOptions) Validate(args []string) []error {
 }
 
 func newStatusCommand(flags *genericclioptions.ConfigFlags, streams genericiooptions.IOStreams) *cobra.Command {
-	o := NewStatusOptions(flags, streams)
-	cmd := &cobra.Command{
-		Use:   "status [TARGET]",
-		Short: "Replicas, connections per pod, the next victim and the last decisions of each WebSocket workload",
-		Long: `status shows, for every HPA on the connections metric and every ScaleGuard of the namespace:
+	return newSubcommand("status [TARGET]", "Replicas, connections per pod, the next victim and the last decisions of each WebSocket workload",
+		`status shows, for every HPA on the connections metric and every ScaleGuard of the namespace:
 the replicas the HPA and the ScaleGuard want and what the Deployment has, each pod's connections as
 the HPA reads them from custom.metrics.k8s.io with the value's age, which pods are ready and which
 drain, the pod a scale-down would drain next and why (the ScaleGuard's own decision function on the
 same facts), the disconnect budget left and the last Events. TARGET narrows it to one HPA,
 ScaleGuard or Deployment.`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if errs := o.Validate(args); len(errs) > 0 {
-				return joinErrors(errs)
-			}
-			return o.Run(cmd.Context(), args)
-		},
-	}
-	o.AddFlags(cmd.Flags())
-	return cmd
+		NewStatusOptions(flags, streams))
 }
 
 // Run prints the status once, or every interval with --watch.
